@@ -1,0 +1,43 @@
+# Inference-Optim-LLM: set-up and targets only. The stages are in workflow/rules/, helpers in common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/benchmark_results.md",
+        "results/summary.csv",
+
+
+rule baseline:
+    input:
+        "results/reports/baseline/benchmark_results.md",
+
+
+rule compiled:
+    input:
+        "results/reports/compiled/benchmark_results.md",
+
+
+rule trtllm:
+    input:
+        "results/reports/trtllm/benchmark_results.md",
+
+
+rule trtllm_torch:
+    input:
+        "results/reports/trtllm-torch/benchmark_results.md",

@@ -1,0 +1,3 @@
+from inference_optim_llm.cli import main
+
+raise SystemExit(main())

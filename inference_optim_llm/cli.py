@@ -1,0 +1,155 @@
+"""Command line: what the Snakemake rules call, and what people use without Snakemake.
+
+    python -m inference_optim_llm run baseline --prompts-file data/prompts_medium.txt \
+        --max-new-tokens 200 --batch-size 4 --save-json reports/x.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from inference_optim_llm.io import write_json, write_jsonl
+
+DEFAULT_SOURCE = "embedded:smollm2-135m-instruct"
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_fetch_model(a) -> int:
+    from inference_optim_llm import models
+    models.materialize(a.name, a.source, Path(a.out), download_dir=Path(a.download_dir),
+                       local_roots=[Path(r) for r in a.local_root] or None, trust_remote_code=a.trust_remote_code)
+    print(f"model {a.name} ready in {a.out}", file=sys.stderr)
+    return 0
+
+
+def _write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
+    # The JSONL first: the JSON result is what satisfies a target, so it is written last.
+    if records_out:
+        write_jsonl(records_out, records)
+    if output:
+        write_json(output, result)
+
+
+def cmd_bench(a) -> int:
+    from inference_optim_llm.runner import BenchSpec, run
+    spec = BenchSpec.from_json(a.spec)
+    result, records = run(spec)
+    _write_result(result, records, a.output, a.records)
+    return 0
+
+
+def cmd_reference(a) -> int:
+    from inference_optim_llm.runner import BenchSpec, reference_tokens
+    write_json(a.output, reference_tokens(BenchSpec.from_json(a.spec)))
+    return 0
+
+
+def cmd_run(a) -> int:
+    """The seed's form: one engine on one prompt file, without Snakemake."""
+    from inference_optim_llm import models
+    from inference_optim_llm.report import console_summary
+    from inference_optim_llm.runner import BenchSpec, run
+
+    model_dir = Path(a.model_dir) if a.model_dir else Path("resources/models") / a.model_name
+    if not (model_dir / "config.json").is_file():
+        models.materialize(a.model_name, a.model_source, model_dir, download_dir=Path("resources/downloads"))
+    spec = BenchSpec(model=a.model_name, model_dir=str(model_dir), engine=a.engine,
+                     prompt_set=Path(a.prompts_file).stem, prompt_spec={"file": a.prompts_file},
+                     batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, repetitions=a.repetitions,
+                     warmup=a.warmup, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict)
+    result, records = run(spec)
+    _write_result(result, records, a.save_result, a.save_json)
+    print(console_summary(result))
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_aggregate(a) -> int:
+    from inference_optim_llm.report import aggregate
+    aggregate([Path(p) for p in a.results], out_md=Path(a.out_md), out_csv=Path(a.out_csv),
+              plots_dir=Path(a.plots_dir), calibration=[Path(p) for p in a.calibration], title=a.title)
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from inference_optim_llm.report import load_result
+    for p in a.files:
+        load_result(Path(p))
+        print(f"{p}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference_optim_llm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="benchmark one engine on one prompt file (no Snakemake needed)")
+    r.add_argument("engine", help="baseline, compiled, trtllm or trtllm-torch")
+    r.add_argument("--prompts-file", required=True, help="text file, one prompt per line")
+    r.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per request, exactly")
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--save-json", help="per-request records, JSON lines (the seed's format)")
+    r.add_argument("--save-result", help="the full result, JSON (docs/result.schema.json)")
+    r.add_argument("--model-name", default="smollm2-135m")
+    r.add_argument("--model-source", default=DEFAULT_SOURCE,
+                   help="embedded:smollm2-135m-instruct, hf:<repo>[@rev], local:<dir>, synthetic:<preset>")
+    r.add_argument("--model-dir", help="an already materialised model directory (skips fetching)")
+    r.add_argument("--repetitions", type=int, default=3)
+    r.add_argument("--warmup", type=int, default=1)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    r.add_argument("--strict", action="store_true", help="fail instead of recording unavailable/oom")
+    r.set_defaults(fn=cmd_run)
+
+    f = sub.add_parser("fetch-model", help="materialise a model source as a Hugging Face directory")
+    f.add_argument("--name", required=True)
+    f.add_argument("--source", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--download-dir", default="resources/downloads")
+    f.add_argument("--local-root", action="append", default=[], help="allowed root for local: sources")
+    f.add_argument("--trust-remote-code", action="store_true")
+    f.set_defaults(fn=cmd_fetch_model)
+
+    b = sub.add_parser("bench", help="run one benchmark target from a JSON spec (what Snakemake calls)")
+    b.add_argument("--spec", required=True, help="JSON object, fields of runner.BenchSpec")
+    b.add_argument("--output", required=True, help="result JSON")
+    b.add_argument("--records", help="per-request JSONL records")
+    b.set_defaults(fn=cmd_bench)
+
+    ref = sub.add_parser("reference", help="baseline greedy tokens at batch 1, for token agreement")
+    ref.add_argument("--spec", required=True)
+    ref.add_argument("--output", required=True)
+    ref.set_defaults(fn=cmd_reference)
+
+    g = sub.add_parser("aggregate", help="summary CSV, markdown report and plots from result files")
+    g.add_argument("results", nargs="+", help="result JSON files")
+    g.add_argument("--out-md", required=True)
+    g.add_argument("--out-csv", required=True)
+    g.add_argument("--plots-dir", required=True)
+    g.add_argument("--calibration", action="append", default=[], help="bandwidth calibration JSON")
+    g.add_argument("--title", default="Inference-Optim-LLM benchmark results")
+    g.set_defaults(fn=cmd_aggregate)
+
+    v = sub.add_parser("validate-result", help="check result files against docs/result.schema.json")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

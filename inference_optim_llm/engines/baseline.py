@@ -1,0 +1,73 @@
+"""baseline: transformers `generate`, eager, dynamic KV cache. The reference every engine is compared to."""
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from inference_optim_llm.engines.base import BatchOutput, Engine
+from inference_optim_llm.engines.timing import TokenClock
+from inference_optim_llm.models import load_model, load_tokenizer
+
+
+class _StampEachStep(LogitsProcessor):
+    """Called once per generated token, after the forward pass that produced its logits: a timestamp
+    there (a CUDA event on GPU, no host sync) marks when the token exists."""
+
+    def __init__(self, clock: TokenClock):
+        self.clock = clock
+
+    def __call__(self, input_ids, scores):
+        self.clock.stamp()
+        return scores
+
+
+def pad_left(prompts: list[list[int]], pad_id: int, device: str):
+    """Left-pad a batch (decoder-only models generate from the right end)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class BaselineEngine(Engine):
+    name = "baseline"
+
+    def load(self) -> None:
+        s = self.settings
+        self.model = load_model(s.model_dir, s.device, s.dtype)
+        self.pad_id = load_tokenizer(s.model_dir).pad_token_id
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
+        clock = TokenClock(self.settings.device, enabled=self.settings.record_token_times)
+        t0 = time.perf_counter()
+        clock.start()
+        ids, mask = pad_left(prompts, self.pad_id, self.settings.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([_StampEachStep(clock)]) if clock.enabled else None,
+                top_k=None, top_p=None, temperature=None)
+        new = out[:, ids.shape[1]:].tolist()  # the host copy synchronizes the device
+        e2e = time.perf_counter() - t0
+        times = clock.times_s()
+        return BatchOutput(tokens=new, token_times_s=[times] * len(prompts), e2e_s=e2e)
+
+    def memory_stats(self):
+        if self.settings.device.startswith("cuda"):
+            return {"torch_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+        return {"torch_peak_allocated_mb": None}
+
+    def reset_peak_memory(self) -> None:
+        if self.settings.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+
+    def close(self) -> None:
+        del self.model
+        if self.settings.device.startswith("cuda"):
+            torch.cuda.empty_cache()

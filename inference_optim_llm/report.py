@@ -1,0 +1,206 @@
+"""Aggregation: result files -> summary.csv, benchmark_results.md and plots.
+
+Every number in the report is computed here from the result files; nothing is typed by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+from inference_optim_llm.io import write_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_SCHEMA = REPO / "docs" / "result.schema.json"
+TEMPLATE = Path(__file__).parent / "templates" / "benchmark_results.md.j2"
+REFERENCE_ENGINE = "baseline"
+
+
+class ResultFileError(ValueError):
+    """A result file that is not a valid result; the message names the file."""
+
+
+def load_result(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultFileError(f"{path}: not a readable JSON result ({e})") from None
+    schema = json.loads(RESULT_SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = "/".join(map(str, e.absolute_path)) or "(top level)"
+        raise ResultFileError(f"{path}: does not match docs/result.schema.json at {where}: {e.message}")
+    return data
+
+
+def _med(metrics: dict | None, key: str, scale: float = 1.0):
+    if not metrics or metrics.get(key) is None or metrics[key].get("median") is None:
+        return None
+    return metrics[key]["median"] * scale
+
+
+def row(result: dict, path: Path) -> dict:
+    t, m, tel, prov = result["target"], result["metrics"], result["telemetry"], result["provenance"]
+    agreement = result.get("agreement") or {}
+    bw = result.get("bandwidth") or {}
+    e2e = (m or {}).get("e2e_s") or {}
+    return {
+        "model": t["model"], "engine": t["engine"], "prompt_set": t["prompt_set"], "batch_size": t["batch_size"],
+        "status": result["status"], "reason": result["reason"],
+        "device": result["settings"]["device"], "dtype": result["settings"]["dtype"],
+        "max_new_tokens": result["settings"]["max_new_tokens"],
+        "prompt_tokens_mean": result["settings"].get("prompt_tokens_mean"),
+        "output_tokens_per_s": _med(m, "output_tokens_per_s"),
+        "requests_per_s": _med(m, "requests_per_s"),
+        "ttft_ms_p50": _med(m, "ttft_s", 1e3),
+        "tpot_ms_p50": _med(m, "tpot_s", 1e3),
+        "e2e_s_p50": e2e.get("median"), "e2e_s_p90": e2e.get("p90"),
+        "gpu_memory_peak_mb": tel.get("gpu_memory_peak_mb"),
+        "torch_peak_allocated_mb": tel.get("torch_peak_allocated_mb"),
+        "power_mean_w": tel.get("power_mean_w"),
+        "energy_per_token_j": tel.get("energy_per_token_j"),
+        "exact_match_rate": agreement.get("exact_match_rate"),
+        "first_divergence": agreement.get("first_divergence"),
+        "bandwidth_fraction": bw.get("fraction_of_measured"),
+        "gpu_name": prov.get("gpu_name"), "cpu": prov.get("cpu"), "host": prov.get("host"),
+        "slurm_job_id": (prov.get("slurm") or {}).get("job_id"),
+        "file": str(path),
+    }
+
+
+def build_frame(results: list[tuple[Path, dict]]):
+    import pandas as pd
+
+    df = pd.DataFrame([row(r, p) for p, r in results])
+    if df.empty:
+        return df
+    df = df.sort_values(["model", "prompt_set", "engine", "batch_size"]).reset_index(drop=True)
+    base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
+        ["model", "prompt_set", "batch_size"])["output_tokens_per_s"]
+    df["speedup_vs_baseline"] = [
+        (r.output_tokens_per_s / base[(r.model, r.prompt_set, r.batch_size)])
+        if r.status == "ok" and (r.model, r.prompt_set, r.batch_size) in base.index else None
+        for r in df.itertuples()]
+    return df
+
+
+def findings(df) -> list[str]:
+    """Sentences computed from the table: best batch size, gain from batching, gain per engine."""
+    out = []
+    ok = df[df.status == "ok"]
+    for (model, ps, engine), g in ok.groupby(["model", "prompt_set", "engine"], sort=True):
+        best = g.loc[g.output_tokens_per_s.idxmax()]
+        line = (f"`{model}` / `{ps}` / `{engine}`: best batch size {int(best.batch_size)} "
+                f"({best.output_tokens_per_s:.1f} output tokens/s)")
+        one = g[g.batch_size == 1]
+        if len(g) > 1 and not one.empty:
+            line += f", {best.output_tokens_per_s / one.output_tokens_per_s.iloc[0]:.2f}x batch size 1"
+        out.append(line + ".")
+    for engine, g in ok[ok.engine != REFERENCE_ENGINE].groupby("engine"):
+        s = g.speedup_vs_baseline.dropna()
+        if not s.empty:
+            out.append(f"`{engine}` against `{REFERENCE_ENGINE}` at equal batch size: median speedup "
+                       f"{s.median():.2f}x (from {s.min():.2f}x to {s.max():.2f}x over {len(s)} cells).")
+    for r in df[df.status != "ok"].itertuples():
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size} was not run: "
+                   f"{r.status} ({r.reason}).")
+    return out
+
+
+def _fmt(v, digits=1):
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def cell_table(g) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for r in g.itertuples():
+        if r.status != "ok":
+            rows.append([r.engine, r.batch_size, r.status.upper(), "", "", "", "", "", "", "", "", "", ""])
+            continue
+        rows.append([r.engine, r.batch_size, _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
+                     _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3), _fmt(r.e2e_s_p90, 3),
+                     _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0), _fmt(r.power_mean_w),
+                     _fmt(r.energy_per_token_j, 4), _fmt(r.speedup_vs_baseline, 2) + ("x" if r.speedup_vs_baseline else ""),
+                     _fmt(r.exact_match_rate, 2)])
+    headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
+               "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def plots(df, plots_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    ok = df[df.status == "ok"]
+    for (model, ps), g in ok.groupby(["model", "prompt_set"]):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for engine, e in g.groupby("engine"):
+            e = e.sort_values("batch_size")
+            a1.plot(e.batch_size, e.output_tokens_per_s, marker="o", label=engine)
+            a2.plot(e.output_tokens_per_s, e.e2e_s_p50, marker="o", label=engine)
+            for r in e.itertuples():
+                a2.annotate(f"bs{r.batch_size}", (r.output_tokens_per_s, r.e2e_s_p50), fontsize=7)
+        a1.set(xlabel="batch size", ylabel="output tokens/s", title=f"{model} / {ps}: throughput")
+        a1.set_xscale("log", base=2)
+        a2.set(xlabel="output tokens/s", ylabel="end-to-end latency p50 (s)", title="latency against throughput")
+        a1.legend(), a2.legend()
+        fig.tight_layout()
+        path = plots_dir / f"{model}__{ps}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(path)
+        made.append(path)
+    return made
+
+
+def environment(results: list[dict]) -> list[tuple[str, str]]:
+    def values(key):
+        return ", ".join(sorted({str(r["provenance"].get(key)) for r in results}))
+    times = sorted(r["provenance"]["time_utc"] for r in results)
+    return [("GPU", values("gpu_name")), ("GPU driver", values("driver")), ("CUDA (torch build)", values("cuda")),
+            ("CPU", values("cpu")), ("host", values("host")), ("torch", values("torch")),
+            ("transformers", values("transformers")), ("project", values("project")),
+            ("git commit", values("git_commit")), ("measured (UTC)", f"{times[0]} to {times[-1]}")]
+
+
+def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path,
+              calibration: list[Path] = (), title: str = "Benchmark results") -> None:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    results = [(p, load_result(p)) for p in paths]   # every file is validated before anything is written
+    df = build_frame(results)
+    made = plots(df, plots_dir)
+    calib = [json.loads(Path(c).read_text()) for c in calibration]
+    sections = [{"model": model, "prompt_set": ps, "table": cell_table(g),
+                 "plot": next((p for p in made if p.name == f"{model}__{ps}.png"), None),
+                 "prompt_tokens": g.prompt_tokens_mean.dropna().mean(),
+                 "max_new_tokens": sorted(set(g.max_new_tokens)), "devices": sorted(set(g.device))}
+                for (model, ps), g in df.groupby(["model", "prompt_set"], sort=True)]
+    env = Environment(loader=FileSystemLoader(TEMPLATE.parent), undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    text = env.get_template(TEMPLATE.name).render(
+        title=title, environment=environment([r for _, r in results]), sections=sections,
+        findings=findings(df), n_results=len(results), calibration=calib,
+        plots_rel=lambda p: Path(p).relative_to(out_md.parent).as_posix() if p else None)
+    write_atomic(out_csv, df.to_csv(index=False))
+    write_atomic(out_md, text)
+
+
+def console_summary(result: dict) -> str:
+    if result["status"] != "ok":
+        return f"{result['target']['engine']}: {result['status']} ({result['reason']})"
+    from tabulate import tabulate
+    m = result["metrics"]
+    rows = [[k, _fmt(v["median"], 4), _fmt(v["p90"], 4), _fmt(v["mean"], 4), _fmt(v["std"], 4), v["n"]]
+            for k, v in m.items()]
+    return tabulate(rows, headers=["metric", "median", "p90", "mean", "std", "n"], tablefmt="github")

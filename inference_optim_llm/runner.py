@@ -1,0 +1,233 @@
+"""The benchmark scenario: warm up, run timed repetitions of static batches, collect telemetry,
+check every request's token count, and return one result (plain data, docs/result.schema.json)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference_optim_llm import metrics, provenance
+from inference_optim_llm.engines import EngineSettings, EngineUnavailable, engine_class
+from inference_optim_llm.models import load_tokenizer, model_facts
+from inference_optim_llm.prompts import PromptSet, batches, load_prompt_set
+from inference_optim_llm.telemetry import NvmlSampler, unavailable
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark target. Built by Snakemake (common.smk) or by the CLI's `run` flags."""
+    model: str
+    model_dir: str
+    engine: str
+    prompt_set: str
+    prompt_spec: dict                 # {"file": path} or {"tokens": N, "count": C}
+    batch_size: int
+    max_new_tokens: int
+    repetitions: int = 3
+    warmup: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    telemetry_interval_s: float = 0.05
+    strict: bool = False              # unavailable engine / OOM: error instead of a recorded status
+    refuse_busy_gpu: bool = False
+    record_token_times: bool = True
+    engine_options: dict = field(default_factory=dict)
+    artifact_dir: str | None = None
+    reference: str | None = None      # reference tokens file, for token agreement
+
+    def __post_init__(self):
+        for key in ("batch_size", "max_new_tokens", "repetitions"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be a positive integer (got {getattr(self, key)!r})")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be a non-negative integer (got {self.warmup!r})")
+        if not 0 < self.telemetry_interval_s <= 1:
+            raise ValueError(f"telemetry_interval_s must be in (0, 1] (got {self.telemetry_interval_s})")
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchSpec":
+        data = json.loads(text)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown benchmark spec keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineUnavailable("device 'cuda' requested but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def check_context(ps: PromptSet, max_new_tokens: int, model_dir: str) -> None:
+    limit = model_facts(Path(model_dir)).get("max_position_embeddings")
+    longest = max(len(p) for p in ps.token_ids)
+    if limit and longest + max_new_tokens > limit:
+        raise ValueError(f"prompt set {ps.name!r}: longest prompt ({longest} tokens) + max_new_tokens "
+                         f"({max_new_tokens}) exceeds the model's context ({limit} tokens)")
+
+
+def base_result(spec: BenchSpec, device: str, dtype: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "ok",
+        "reason": None,
+        "target": {"model": spec.model, "engine": spec.engine, "prompt_set": spec.prompt_set,
+                   "batch_size": spec.batch_size},
+        "settings": {"max_new_tokens": spec.max_new_tokens, "repetitions": spec.repetitions,
+                     "warmup": spec.warmup, "seed": spec.seed, "device": device, "dtype": dtype,
+                     "telemetry_interval_s": spec.telemetry_interval_s,
+                     "record_token_times": spec.record_token_times, "engine_options": spec.engine_options},
+        "model": model_facts(Path(spec.model_dir)),
+        "provenance": provenance.collect(vars(spec)),
+    }
+
+
+def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
+    """Returns (result, per-request JSONL records). Raises on bad input or a wrong token count;
+    an unavailable engine or an out-of-memory error becomes a status unless spec.strict."""
+    import torch
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tok = load_tokenizer(Path(spec.model_dir))
+    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tok, spec.seed)
+    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    result = base_result(spec, device, dtype)
+    result["settings"]["prompt_tokens_mean"] = sum(map(len, ps.token_ids)) / len(ps.token_ids)
+    result["settings"]["prompts"] = len(ps.token_ids)
+
+    settings = EngineSettings(
+        model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=spec.batch_size,
+        max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens, seed=spec.seed,
+        record_token_times=spec.record_token_times, options=spec.engine_options,
+        artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None)
+    torch.manual_seed(spec.seed)
+    try:
+        engine = engine_class(spec.engine)(settings)
+        t = time.perf_counter()
+        engine.load()
+        result["load_s"] = time.perf_counter() - t
+        log(f"{spec.engine} loaded in {result['load_s']:.1f} s on {device} ({dtype})")
+        measured = _measure(engine, spec, ps)
+        engine.close()
+    except EngineUnavailable as e:
+        if spec.strict:
+            raise
+        return _not_run(result, "unavailable", str(e)), []
+    except torch.OutOfMemoryError as e:
+        if spec.strict:
+            raise
+        return _not_run(result, "oom", str(e).splitlines()[0]), []
+    result.update(measured["result"])
+    if spec.reference:
+        ref = json.loads(Path(spec.reference).read_text())
+        result["agreement"] = {"reference_engine": ref["engine"], "reference_batch_size": ref["batch_size"],
+                               **metrics.token_agreement(measured["first_outputs"], ref["tokens"])}
+    return result, measured["records"]
+
+
+def _not_run(result: dict, status: str, reason: str) -> dict:
+    log(f"status {status}: {reason}")
+    result.update(status=status, reason=reason, metrics=None, requests=[], batches=[],
+                  telemetry=unavailable(f"not measured: {status}").as_dict())
+    return result
+
+
+def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
+    plan = batches(len(ps.token_ids), spec.batch_size)
+    N = spec.max_new_tokens
+    for w in range(spec.warmup):
+        idx = plan[w % len(plan)]
+        t = time.perf_counter()
+        out = engine.generate([ps.token_ids[i] for i in idx], N)
+        metrics.check_token_counts(out.tokens, N)
+        log(f"warm-up batch {w + 1}/{spec.warmup}: {time.perf_counter() - t:.2f} s")
+
+    requests, batch_rows, records = [], [], []
+    first_outputs: dict[int, list[int]] = {}
+    engine.reset_peak_memory()
+    with NvmlSampler(interval_s=spec.telemetry_interval_s) as sampler:
+        if spec.refuse_busy_gpu and getattr(sampler, "_busy", None) and sampler._busy["busy"]:
+            raise RuntimeError(f"GPU busy with other processes: {sampler._busy['other_processes']} "
+                               "(refuse_busy_gpu is set)")
+        for rep in range(spec.repetitions):
+            for b, idx in enumerate(plan):
+                out = engine.generate([ps.token_ids[i] for i in idx], N)
+                metrics.check_token_counts(out.tokens, N)
+                batch_rows.append({"repetition": rep, "batch": b, "e2e_s": out.e2e_s,
+                                   "output_tokens": N * len(idx),
+                                   "output_tokens_per_s": N * len(idx) / out.e2e_s,
+                                   "requests_per_s": len(idx) / out.e2e_s})
+                for j, i in enumerate(idx):
+                    first_outputs.setdefault(i, out.tokens[j])
+                    rt = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
+                    requests.append({"repetition": rep, "batch": b, "prompt_index": i,
+                                     "prompt_tokens": len(ps.token_ids[i]), **vars(rt),
+                                     "tps": rt.tps})
+                log(f"rep {rep + 1}/{spec.repetitions} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
+                    f"{N * len(idx) / out.e2e_s:.1f} output tokens/s")
+    tel = sampler.report.as_dict()
+    total_tokens = sum(r["output_tokens"] for r in batch_rows)
+    tel["energy_per_token_j"] = tel["energy_j"] / total_tokens if tel["energy_j"] is not None else None
+    if tel["energy_per_token_j"] is None:
+        tel["null_reasons"]["energy_per_token_j"] = tel["null_reasons"].get("energy_j", "no energy figure")
+    tel.update(engine.memory_stats())
+    if tel.get("torch_peak_allocated_mb") is None:
+        tel["null_reasons"]["torch_peak_allocated_mb"] = (
+            "not a CUDA run" if not engine.settings.device.startswith("cuda")
+            else f"{spec.engine} allocates outside torch's allocator")
+    for r in requests:
+        records.append({"prompt": ps.texts[r["prompt_index"]], "latency": r["e2e_s"], "tokens": r["output_tokens"],
+                        "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"], "tps": r["tps"],
+                        "ttft": r["ttft_s"], "engine": spec.engine, "batch_size": spec.batch_size})
+    result = {
+        "token_check": {"requested": N, "generated_min": min(r["output_tokens"] for r in requests),
+                        "generated_max": max(r["output_tokens"] for r in requests), "all_exact": True},
+        "metrics": metrics.aggregate(requests, batch_rows),
+        "telemetry": tel,
+        "requests": requests,
+        "batches": batch_rows,
+    }
+    return {"result": result, "records": records, "first_outputs": [first_outputs[i] for i in sorted(first_outputs)]}
+
+
+def reference_tokens(spec: BenchSpec) -> dict:
+    """Greedy tokens of the baseline engine at batch 1 for every prompt of the set: what other engines'
+    outputs are compared with."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tok = load_tokenizer(Path(spec.model_dir))
+    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tok, spec.seed)
+    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    settings = EngineSettings(model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=1,
+                              max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens,
+                              record_token_times=False)
+    engine = engine_class("baseline")(settings)
+    engine.load()
+    tokens = []
+    for k, ids in enumerate(ps.token_ids):
+        out = engine.generate([ids], spec.max_new_tokens)
+        metrics.check_token_counts(out.tokens, spec.max_new_tokens)
+        tokens.append(out.tokens[0])
+        log(f"reference {k + 1}/{len(ps.token_ids)}")
+    return {"engine": "baseline", "batch_size": 1, "device": device, "dtype": dtype,
+            "max_new_tokens": spec.max_new_tokens, "tokens": tokens}

@@ -1,0 +1,224 @@
+"""GPU telemetry through NVML (nvidia-ml-py), sampled in a background thread.
+
+A figure that could not be read is None and its reason is in `null_reasons`; it is never 0.
+Energy comes from the total-energy counter (mJ) where the GPU has one, else from integrating the
+sampled power over time (energy_source says which).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+FIELDS = ("gpu_memory_peak_mb", "gpu_memory_start_mb", "power_mean_w", "power_max_w", "energy_j",
+          "utilization_mean_pct", "sm_clock_mean_mhz", "temperature_max_c")
+
+
+@dataclass
+class Sample:
+    t: float
+    memory_mb: float | None = None
+    power_w: float | None = None
+    utilization_pct: float | None = None
+    sm_clock_mhz: float | None = None
+    temperature_c: float | None = None
+
+
+@dataclass
+class TelemetryReport:
+    values: dict = field(default_factory=lambda: {k: None for k in FIELDS})
+    null_reasons: dict = field(default_factory=dict)
+    energy_source: str | None = None     # "counter" or "integrated_power"
+    samples: int = 0
+    interval_s: float | None = None
+    duration_s: float | None = None
+    gpu_busy_at_start: dict | None = None  # other processes / memory found before we started
+
+    def as_dict(self) -> dict:
+        return {**self.values, "energy_source": self.energy_source, "samples": self.samples,
+                "interval_s": self.interval_s, "duration_s": self.duration_s,
+                "gpu_busy_at_start": self.gpu_busy_at_start, "null_reasons": self.null_reasons}
+
+
+def unavailable(reason: str) -> TelemetryReport:
+    rep = TelemetryReport()
+    rep.null_reasons = {k: reason for k in FIELDS}
+    return rep
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def integrate_power(samples: list[Sample]) -> float | None:
+    """Trapezoidal integral of power over time, in joules. None with fewer than two power samples."""
+    pts = [(s.t, s.power_w) for s in samples if s.power_w is not None]
+    if len(pts) < 2:
+        return None
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(pts, pts[1:]))
+
+
+def summarize_samples(samples: list[Sample], energy_counter_j: float | None,
+                      counter_reason: str | None, start_memory_mb: float | None) -> TelemetryReport:
+    """Pure logic: turn samples (and the energy counter's difference, if any) into the report."""
+    rep = TelemetryReport(samples=len(samples))
+    v, why = rep.values, rep.null_reasons
+
+    def put(key, value, reason):
+        v[key] = value
+        if value is None:
+            why[key] = reason
+
+    mem = [s.memory_mb for s in samples if s.memory_mb is not None]
+    power = [s.power_w for s in samples if s.power_w is not None]
+    util = [s.utilization_pct for s in samples if s.utilization_pct is not None]
+    clock = [s.sm_clock_mhz for s in samples if s.sm_clock_mhz is not None]
+    temp = [s.temperature_c for s in samples if s.temperature_c is not None]
+    none = "no sample could read it" if samples else "no sample was taken (run shorter than one interval)"
+    put("gpu_memory_peak_mb", max(mem) if mem else None, none)
+    put("gpu_memory_start_mb", start_memory_mb, "memory could not be read at start")
+    put("power_mean_w", _mean(power), none)
+    put("power_max_w", max(power) if power else None, none)
+    put("utilization_mean_pct", _mean(util), none)
+    put("sm_clock_mean_mhz", _mean(clock), none)
+    put("temperature_max_c", max(temp) if temp else None, none)
+    if energy_counter_j is not None:
+        v["energy_j"], rep.energy_source = energy_counter_j, "counter"
+    else:
+        integrated = integrate_power(samples)
+        if integrated is not None:
+            v["energy_j"], rep.energy_source = integrated, "integrated_power"
+        else:
+            why["energy_j"] = f"energy counter unavailable ({counter_reason}) and too few power samples"
+    if samples:
+        rep.duration_s = samples[-1].t - samples[0].t
+    return rep
+
+
+class NvmlSampler:
+    """Usage: with NvmlSampler(interval_s=0.05) as s: ... ; report = s.report.
+
+    Without nvidia-ml-py, a driver or a GPU, the report holds None figures, each with the reason.
+    """
+
+    def __init__(self, interval_s: float = 0.05, device_index: int = 0):
+        self.interval_s = interval_s
+        self.device_index = device_index
+        self.report: TelemetryReport | None = None
+        self._samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml = None
+        self._handle = None
+        self._unavailable: str | None = None
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            import pynvml
+        except ImportError:
+            self._unavailable = "nvidia-ml-py (pynvml) is not installed"
+            return
+        try:
+            pynvml.nvmlInit()
+        except Exception as e:
+            self._unavailable = f"NVML could not start: {e} (no NVIDIA driver or GPU)"
+            return
+        self._nvml = pynvml
+        try:
+            self._handle = self._find_handle(pynvml)
+        except Exception as e:
+            self._unavailable = f"NVML found no handle for CUDA device {self.device_index}: {e}"
+
+    def _find_handle(self, nv):
+        """The NVML device that torch's CUDA device is, matched by UUID (CUDA_VISIBLE_DEVICES may
+        renumber devices); index 0 of NVML if torch is not using CUDA."""
+        try:
+            import torch
+            if torch.cuda.is_available():
+                uuid = str(torch.cuda.get_device_properties(self.device_index).uuid)
+                for i in range(nv.nvmlDeviceGetCount()):
+                    h = nv.nvmlDeviceGetHandleByIndex(i)
+                    nv_uuid = nv.nvmlDeviceGetUUID(h)
+                    nv_uuid = nv_uuid.decode() if isinstance(nv_uuid, bytes) else nv_uuid
+                    if nv_uuid.replace("GPU-", "") == uuid.replace("GPU-", ""):
+                        return h
+        except Exception:
+            pass
+        return nv.nvmlDeviceGetHandleByIndex(self.device_index)
+
+    def _read(self, fn, *args):
+        try:
+            return fn(self._handle, *args), None
+        except Exception as e:  # NVMLError_NotSupported and friends
+            return None, f"{fn.__name__}: {e}"
+
+    def _sample(self) -> Sample:
+        nv = self._nvml
+        s = Sample(t=time.perf_counter())
+        mem, _ = self._read(nv.nvmlDeviceGetMemoryInfo)
+        s.memory_mb = mem.used / 2**20 if mem is not None else None
+        p, _ = self._read(nv.nvmlDeviceGetPowerUsage)
+        s.power_w = p / 1000.0 if p is not None else None
+        u, _ = self._read(nv.nvmlDeviceGetUtilizationRates)
+        s.utilization_pct = float(u.gpu) if u is not None else None
+        c, _ = self._read(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM)
+        s.sm_clock_mhz = float(c) if c is not None else None
+        t, _ = self._read(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)
+        s.temperature_c = float(t) if t is not None else None
+        return s
+
+    def busy_state(self) -> dict | None:
+        """Other processes on this GPU, their memory, and utilisation, read before measuring."""
+        if self._handle is None:
+            return None
+        nv = self._nvml
+        procs, _ = self._read(nv.nvmlDeviceGetComputeRunningProcesses)
+        others = [{"pid": p.pid, "memory_mb": (p.usedGpuMemory or 0) / 2**20 if p.usedGpuMemory else None}
+                  for p in (procs or []) if p.pid != os.getpid()]
+        mem, _ = self._read(nv.nvmlDeviceGetMemoryInfo)
+        util, _ = self._read(nv.nvmlDeviceGetUtilizationRates)
+        return {"other_processes": others,
+                "memory_used_mb": mem.used / 2**20 if mem is not None else None,
+                "utilization_pct": float(util.gpu) if util is not None else None,
+                "busy": bool(others)}
+
+    # -- run -------------------------------------------------------------------------------------------
+    def __enter__(self) -> "NvmlSampler":
+        self._open()
+        if self._handle is None:
+            return self
+        self._busy = self.busy_state()
+        first = self._sample()
+        self._start_memory = first.memory_mb
+        self._energy0, self._energy_reason = self._read(self._nvml.nvmlDeviceGetTotalEnergyConsumption)
+        self._samples = [first]
+        self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._samples.append(self._sample())
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is None:
+            self.report = unavailable(self._unavailable or "no GPU")
+            self.report.interval_s = self.interval_s
+            return
+        self._stop.set()
+        self._thread.join()
+        self._samples.append(self._sample())
+        energy_j = None
+        if self._energy0 is not None:
+            e1, self._energy_reason = self._read(self._nvml.nvmlDeviceGetTotalEnergyConsumption)
+            if e1 is not None:
+                energy_j = (e1 - self._energy0) / 1000.0
+        self.report = summarize_samples(self._samples, energy_j, self._energy_reason, self._start_memory)
+        self.report.interval_s = self.interval_s
+        self.report.gpu_busy_at_start = self._busy
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception:
+            pass

@@ -1,0 +1,50 @@
+wildcard_constraints:
+    model=_alternatives(config["models"]),
+    engine=_alternatives(ENGINE_NAMES),
+    prompt_set=_alternatives(config["prompt_sets"]),
+    batch=r"[1-9][0-9]*",
+
+
+rule reference_tokens:
+    input:
+        model=model_dir,
+        prompts=prompt_inputs,
+    output:
+        "results/reference/{model}/{prompt_set}.json",
+    conda:
+        "../../envs/pipeline.yaml"
+    container:
+        CONTAINER
+    log:
+        "results/logs/reference/{model}/{prompt_set}.log",
+    params:
+        spec=reference_spec,
+    threads: BENCH["threads"]
+    resources:
+        gpu=1,
+    shell:
+        "python -m inference_optim_llm reference --spec {params.spec:q} --output {output:q} > {log} 2>&1"
+
+
+rule run_benchmark:
+    input:
+        model=model_dir,
+        prompts=prompt_inputs,
+        reference=reference_input,
+    output:
+        result="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json",
+        records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.jsonl",
+    conda:
+        "../../envs/pipeline.yaml"
+    container:
+        CONTAINER
+    log:
+        "results/logs/runs/{model}/{engine}/{prompt_set}/bs{batch}.log",
+    params:
+        spec=bench_spec,
+    threads: BENCH["threads"]
+    resources:
+        gpu=1,
+    shell:
+        "python -m inference_optim_llm bench --spec {params.spec:q} "
+        "--output {output.result:q} --records {output.records:q} > {log} 2>&1"

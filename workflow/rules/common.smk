@@ -1,0 +1,136 @@
+# Helpers: the matrix, wildcard vocabularies, input functions, per-target specs. No rules here.
+import json
+import re
+import shlex
+from itertools import product
+from pathlib import Path
+
+from inference_optim_llm.models import ModelSourceError, check_source
+from inference_optim_llm.prompts import PromptError, read_prompt_file
+
+BENCH = config["benchmark"]
+ENGINE_NAMES = ["baseline", "compiled", "trtllm", "trtllm-torch"]
+# The image every rule runs in under --use-singularity (pinned; a local .sif path works too).
+CONTAINER = config["container"]
+
+
+def _check_config():
+    """What the JSON schema cannot say: cross-references, files and model sources. Errors name the key."""
+    for i, block in enumerate(config["matrix"]):
+        for key, known in (("models", config["models"]), ("prompt_sets", config["prompt_sets"])):
+            for name in block[key]:
+                if name not in known:
+                    raise ValueError(
+                        f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
+                        f"(defined: {', '.join(known)})"
+                    )
+    used_sets = {p for block in config["matrix"] for p in block["prompt_sets"]}
+    for name, spec in config["prompt_sets"].items():
+        if "file" in spec and name in used_sets:
+            try:
+                read_prompt_file(spec["file"])
+            except PromptError as e:
+                raise ValueError(f"config prompt_sets.{name}.file: {e}") from None
+    for name, spec in config["models"].items():
+        try:
+            check_source(name, spec["source"], local_roots())
+        except ModelSourceError as e:
+            raise ValueError(f"config {e}") from None
+
+
+def local_roots():
+    return [Path(r) for r in config["local_model_roots"]]
+
+
+def cells():
+    """Every (model, engine, prompt_set, batch_size) of the matrix, once, in config order."""
+    seen = {}
+    for block in config["matrix"]:
+        for cell in product(
+            block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"]
+        ):
+            seen.setdefault(cell, None)
+    return list(seen)
+
+
+def result_path(model, engine, prompt_set, batch):
+    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json"
+
+
+def all_results():
+    return [result_path(*c) for c in cells()]
+
+
+def engine_results(wildcards):
+    """One engine's targets; an engine absent from the matrix gets the matrix's cells, so that
+    `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
+    mine = [c for c in cells() if c[1] == wildcards.engine]
+    if not mine:
+        mine = sorted({(m, wildcards.engine, p, b) for m, _, p, b in cells()})
+    return [result_path(*c) for c in mine]
+
+
+def _alternatives(values):
+    return "|".join(sorted(re.escape(str(v)) for v in values))
+
+
+def model_dir(wildcards):
+    return f"resources/models/{wildcards.model}"
+
+
+def model_source(wildcards):
+    return config["models"][wildcards.model]["source"]
+
+
+def fetch_flags(wildcards):
+    """Extra fetch-model flags, each value quoted for the shell."""
+    flags = [f"--local-root {shlex.quote(r)}" for r in config["local_model_roots"]]
+    if config["models"][wildcards.model].get("trust_remote_code"):
+        flags.append("--trust-remote-code")
+    return " ".join(flags)
+
+
+def prompt_inputs(wildcards):
+    spec = config["prompt_sets"][wildcards.prompt_set]
+    return [spec["file"]] if "file" in spec else []
+
+
+def reference_input(wildcards):
+    if not BENCH["token_agreement"]:
+        return []
+    return f"results/reference/{wildcards.model}/{wildcards.prompt_set}.json"
+
+
+def _spec(wildcards, engine, batch_size, reference):
+    spec = {
+        "model": wildcards.model,
+        "model_dir": f"resources/models/{wildcards.model}",
+        "engine": engine,
+        "prompt_set": wildcards.prompt_set,
+        "prompt_spec": config["prompt_sets"][wildcards.prompt_set],
+        "batch_size": batch_size,
+        "max_new_tokens": BENCH["max_new_tokens"],
+        "repetitions": BENCH["repetitions"],
+        "warmup": BENCH["warmup"],
+        "seed": BENCH["seed"],
+        "device": BENCH["device"],
+        "dtype": BENCH["dtype"],
+        "telemetry_interval_s": BENCH["telemetry_interval_s"],
+        "strict": BENCH["strict"],
+        "refuse_busy_gpu": BENCH["refuse_busy_gpu"],
+        "engine_options": config["engine_options"].get(engine, {}),
+        "reference": reference,
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def bench_spec(wildcards):
+    ref = reference_input(wildcards) or None
+    return _spec(wildcards, wildcards.engine, int(wildcards.batch), ref)
+
+
+def reference_spec(wildcards):
+    return _spec(wildcards, "baseline", 1, None)
+
+
+_check_config()
