@@ -1,0 +1,206 @@
+"""compiled: the project's own decode loop over the transformers model, in the manner of gpt-fast.
+
+- The transformers model supplies the weights, the config and its rotary embedding; the forward pass
+  below is ours, short enough to read at once: q/k/v and gate/up projections fused into one matmul
+  each, a static KV cache, greedy argmax on the device.
+- The decode step is compiled with torch.compile; on CUDA with mode="reduce-overhead", so it is
+  replayed as a CUDA graph. Tokens go into a preallocated buffer; nothing is copied to the host until
+  the batch ends, so there is no host sync per token.
+- On the CPU the same step is compiled without graphs (what CI runs).
+- Prefill runs the same forward eagerly (one pass over the padded prompts).
+
+Supports llama-architecture models (LlamaForCausalLM: SmolLM2, Llama 2/3, the synthetic presets);
+other architectures are recorded as unavailable for this engine, never run through another path.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from inference_optim_llm.engines.base import BatchOutput, Engine, EngineUnavailable
+from inference_optim_llm.engines.baseline import pad_left
+from inference_optim_llm.engines.timing import TokenClock
+from inference_optim_llm.models import load_model, load_tokenizer
+
+SUPPORTED = {"llama"}
+CACHE_FILE = "compile_cache.bin"
+
+
+def cache_len(max_input_len: int, max_new_tokens: int) -> int:
+    """KV cache length: prompt + output, rounded up to 64 so nearby prompt sets share compiled code."""
+    return -(-(max_input_len + max_new_tokens) // 64) * 64
+
+
+class FusedLlama(torch.nn.Module):
+    """Llama forward over a transformers model's weights, with a static KV cache."""
+
+    def __init__(self, hf_model, batch_size: int, max_len: int):
+        super().__init__()
+        cfg = hf_model.config
+        m = hf_model.model
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.eps = cfg.rms_norm_eps
+        self.embed = m.embed_tokens.weight
+        self.rotary = m.rotary_emb
+        self.final_norm = m.norm.weight
+        self.lm_head = hf_model.lm_head.weight
+        dtype, device = self.embed.dtype, self.embed.device
+        self.layers = []
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            self.layers.append(dict(
+                norm1=layer.input_layernorm.weight,
+                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                wo=a.o_proj.weight,
+                norm2=layer.post_attention_layernorm.weight,
+                wgu=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                wd=mlp.down_proj.weight,
+            ))
+            for name in ("q_proj", "k_proj", "v_proj"):   # keep one copy of the weights
+                setattr(a, name, None)
+            mlp.gate_proj = mlp.up_proj = None
+        shape = (batch_size, self.n_kv, max_len, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        for t in self.k_cache + self.v_cache:
+            torch._dynamo.mark_static_address(t)
+        self.kv_index = torch.arange(max_len, device=device)
+
+    def rms(self, x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
+
+    def forward(self, tokens, positions, cache_pos, valid):
+        """tokens, positions: (B, T); cache_pos: (T,) cache columns written; valid: (B, L) bool, the
+        columns holding real tokens (left padding is False). Returns the last position's argmax (B,)."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        B, T = tokens.shape
+        x = F.embedding(tokens, self.embed)
+        cos, sin = self.rotary(x, positions)
+        # A query at cache column c sees the valid columns <= c.
+        mask = valid[:, None, None, :] & (self.kv_index[None, None, None, :] <= cache_pos[None, None, :, None])
+        nq, nkv, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        for i, w in enumerate(self.layers):
+            h = self.rms(x, w["norm1"])
+            q, k, v = F.linear(h, w["wqkv"]).split([nq, nkv, nkv], dim=-1)
+            q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
+            k = k.view(B, T, self.n_kv, hd).transpose(1, 2)
+            v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.k_cache[i].index_copy_(2, cache_pos, k)
+            self.v_cache[i].index_copy_(2, cache_pos, v)
+            o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                               enable_gqa=self.n_heads != self.n_kv)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"])
+            h = self.rms(x, w["norm2"])
+            g, u = F.linear(h, w["wgu"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, w["wd"])
+        x = self.rms(x[:, -1], self.final_norm)
+        return F.linear(x, self.lm_head).argmax(dim=-1)
+
+
+def configure_inductor(device: str) -> None:
+    import torch._inductor.config as ic
+    ic.fx_graph_cache = True
+    if device.startswith("cuda"):
+        ic.coordinate_descent_tuning = True   # tunes the fused pointwise/reduction kernels (gpt-fast)
+
+
+class CompiledEngine(Engine):
+    name = "compiled"
+
+    def load(self) -> None:
+        s = self.settings
+        cfg_type = _model_type(s.model_dir)
+        if cfg_type not in SUPPORTED:
+            raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
+                                    f"{s.model_dir} is {cfg_type!r}")
+        self.cuda = s.device.startswith("cuda")
+        self.cache_loaded = load_compile_cache(s.artifact_dir)
+        configure_inductor(s.device)
+        self.pad_id = load_tokenizer(s.model_dir).pad_token_id
+        hf = load_model(s.model_dir, s.device, s.dtype)
+        self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens))
+        self.net = FusedLlama(hf, s.max_batch_size, self.max_len)
+        self.hf = hf
+        mode = s.options.get("mode", "reduce-overhead" if self.cuda else "default")
+        self.step = torch.compile(self.net, mode=mode, fullgraph=True, dynamic=False)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
+        s = self.settings
+        B = len(prompts)
+        if B != s.max_batch_size:
+            raise ValueError(f"compiled engine built for batch {s.max_batch_size}, got {B}")
+        dev = s.device
+        clock = TokenClock(dev, enabled=s.record_token_times)
+        t0 = time.perf_counter()
+        clock.start()
+        ids, mask = pad_left(prompts, self.pad_id, dev)
+        P = ids.shape[1]
+        if P + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
+        valid = torch.ones(B, self.max_len, dtype=torch.bool, device=dev)
+        valid[:, :P] = mask.bool()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_pos = positions[:, -1:] + 1                       # (B, 1)
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
+        with torch.no_grad():
+            tok = self.net(ids, positions, self.net.kv_index[:P], valid)      # prefill, eager
+            out[:, 0] = tok
+            clock.stamp()
+            for t in range(1, max_new_tokens):
+                tok = self.step(out[:, t - 1:t], next_pos + (t - 1), self.net.kv_index[P + t - 1:P + t], valid)
+                out[:, t] = tok
+                clock.stamp()
+        tokens = out.tolist()                                  # the only host sync of the batch
+        e2e = time.perf_counter() - t0
+        times = clock.times_s()
+        return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)
+
+    def memory_stats(self):
+        if self.cuda:
+            return {"torch_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+        return {"torch_peak_allocated_mb": None}
+
+    def reset_peak_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def close(self) -> None:
+        del self.step, self.net, self.hf
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+
+def _model_type(model_dir: Path) -> str | None:
+    import json
+    return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+
+
+def load_compile_cache(artifact_dir: Path | None) -> bool:
+    """Load compile artifacts saved by build_engine (torch.compiler's portable cache)."""
+    if not artifact_dir:
+        return False
+    path = Path(artifact_dir) / CACHE_FILE
+    if not path.is_file():
+        return False
+    torch.compiler.load_cache_artifacts(path.read_bytes())
+    return True
+
+
+def save_compile_cache(artifact_dir: Path) -> int:
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None:
+        return 0
+    data, _info = artifacts
+    tmp = Path(artifact_dir) / (CACHE_FILE + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, Path(artifact_dir) / CACHE_FILE)
+    return len(data)
