@@ -12,6 +12,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/engine.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 

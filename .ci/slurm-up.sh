@@ -60,13 +60,13 @@ fi
 
 # 2. munge. Without systemd /run/munge does not exist; munged must run as user munge.
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+  install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
+  install -d -o munge -g munge -m 0755 /run/munge
   if [ ! -s /etc/munge/munge.key ]; then
     mungekey --create --force >/dev/null 2>&1 \
       || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
   fi
   chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
-  install -d -o munge -g munge -m 0755 /run/munge
-  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
   rm -f /run/munge/munged.pid
   runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
   for _ in $(seq 50); do [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
@@ -150,7 +150,7 @@ start_daemon() {  # NAME ARGS...
   local pidfile=$BASE/pid/$name.pid pid
   pid=$(recorded_pid "$name")
   if alive "$name" "$pid"; then return 0; fi
-  pid=$(pgrep -x "$name" | head -1 || true)
+  pid=$(grep -lx "$name" /proc/[0-9]*/comm 2>/dev/null | head -1 | cut -d/ -f3 || true)  # no procps needed
   [ -z "$pid" ] || die "a $name not started by this script is running (pid $pid); stop it first"
   rm -f "$pidfile"
   "$name" "$@" || { dump_logs; die "$name failed to start"; }

@@ -50,6 +50,25 @@ def cmd_reference(a) -> int:
     return 0
 
 
+def cmd_calibrate(a) -> int:
+    from inference_optim_llm import bandwidth, provenance
+    from inference_optim_llm.runner import resolve_device
+    device = resolve_device(a.device)
+    result = bandwidth.measure(device, size_mb=a.size_mb if device.startswith("cuda") else min(a.size_mb, 256))
+    info = provenance.gpu_info()
+    result.update(gpu_name=info["gpu_name"] if device.startswith("cuda") else None, cpu=provenance.cpu_name(),
+                  host=provenance.socket.gethostname(), time_utc=provenance.now_utc())
+    write_json(a.output, result)
+    print(f"{device}: {result['bandwidth_gb_s']:.0f} GB/s (copy of {result['size_mb']} MiB, read + write)")
+    return 0
+
+
+def cmd_build_engine(a) -> int:
+    from inference_optim_llm.build import build
+    build(a.engine, json.loads(a.spec), Path(a.out))
+    return 0
+
+
 def cmd_run(a) -> int:
     """The seed's form: one engine on one prompt file, without Snakemake."""
     from inference_optim_llm import models
@@ -127,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--spec", required=True)
     ref.add_argument("--output", required=True)
     ref.set_defaults(fn=cmd_reference)
+
+    c = sub.add_parser("calibrate", help="measure the device's memory bandwidth (large device copy)")
+    c.add_argument("--output", required=True)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--size-mb", type=int, default=1024)
+    c.set_defaults(fn=cmd_calibrate)
+
+    be = sub.add_parser("build-engine", help="build an engine's cached artifact (compile cache, TensorRT engine)")
+    be.add_argument("engine", help="compiled or trtllm")
+    be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
+    be.add_argument("--out", required=True, help="artifact directory")
+    be.set_defaults(fn=cmd_build_engine)
 
     g = sub.add_parser("aggregate", help="summary CSV, markdown report and plots from result files")
     g.add_argument("results", nargs="+", help="result JSON files")

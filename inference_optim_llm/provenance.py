@@ -71,6 +71,10 @@ def slurm_info() -> dict | None:
             "partition": os.environ.get("SLURM_JOB_PARTITION")}
 
 
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def collect(effective_config: dict) -> dict:
     import torch
     import transformers
@@ -85,6 +89,6 @@ def collect(effective_config: dict) -> dict:
         "project": inference_optim_llm.__version__,
         "git_commit": git_commit(),
         "config_hash": config_hash(effective_config),
-        "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": now_utc(),
         "slurm": slurm_info(),
     }

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_optim_llm import metrics, provenance
+from inference_optim_llm import bandwidth, metrics, provenance
 from inference_optim_llm.engines import EngineSettings, EngineUnavailable, engine_class
 from inference_optim_llm.models import load_tokenizer, model_facts
 from inference_optim_llm.prompts import PromptSet, batches, load_prompt_set
@@ -39,6 +39,7 @@ class BenchSpec:
     engine_options: dict = field(default_factory=dict)
     artifact_dir: str | None = None
     reference: str | None = None      # reference tokens file, for token agreement
+    calibration: str | None = None    # measured bandwidth file (calibrate), for the limit
 
     def __post_init__(self):
         for key in ("batch_size", "max_new_tokens", "repetitions"):
@@ -138,6 +139,12 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
             raise
         return _not_run(result, "oom", str(e).splitlines()[0]), []
     result.update(measured["result"])
+    calib = json.loads(Path(spec.calibration).read_text()) if spec.calibration else None
+    result["bandwidth"] = bandwidth.decode_bandwidth(
+        result["model"], dtype, spec.batch_size, result["settings"]["prompt_tokens_mean"], spec.max_new_tokens,
+        result["metrics"]["tpot_s"]["median"], calib, result["provenance"]["gpu_name"])
+    if getattr(engine, "cache_loaded", None) is not None:
+        result["compile_cache_loaded"] = engine.cache_loaded
     if spec.reference:
         ref = json.loads(Path(spec.reference).read_text())
         result["agreement"] = {"reference_engine": ref["engine"], "reference_batch_size": ref["batch_size"],
@@ -147,7 +154,7 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
 
 def _not_run(result: dict, status: str, reason: str) -> dict:
     log(f"status {status}: {reason}")
-    result.update(status=status, reason=reason, metrics=None, requests=[], batches=[],
+    result.update(status=status, reason=reason, metrics=None, requests=[], batches=[], bandwidth=None,
                   telemetry=unavailable(f"not measured: {status}").as_dict())
     return result
 
@@ -155,12 +162,14 @@ def _not_run(result: dict, status: str, reason: str) -> dict:
 def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
     plan = batches(len(ps.token_ids), spec.batch_size)
     N = spec.max_new_tokens
+    warmup_s = []
     for w in range(spec.warmup):
         idx = plan[w % len(plan)]
         t = time.perf_counter()
         out = engine.generate([ps.token_ids[i] for i in idx], N)
         metrics.check_token_counts(out.tokens, N)
-        log(f"warm-up batch {w + 1}/{spec.warmup}: {time.perf_counter() - t:.2f} s")
+        warmup_s.append(time.perf_counter() - t)
+        log(f"warm-up batch {w + 1}/{spec.warmup}: {warmup_s[-1]:.2f} s")
 
     requests, batch_rows, records = [], [], []
     first_outputs: dict[int, list[int]] = {}
@@ -200,6 +209,7 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
                         "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"], "tps": r["tps"],
                         "ttft": r["ttft_s"], "engine": spec.engine, "batch_size": spec.batch_size})
     result = {
+        "warmup_s": warmup_s,
         "token_check": {"requested": N, "generated_min": min(r["output_tokens"] for r in requests),
                         "generated_max": max(r["output_tokens"] for r in requests), "all_exact": True},
         "metrics": metrics.aggregate(requests, batch_rows),

@@ -231,3 +231,42 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+UNAVAILABLE_FILE = "UNAVAILABLE.json"
+
+
+def build_for_spec(spec: dict, out_dir: Path) -> dict:
+    """build_engine's entry for the workflow: the engine for every shape the matrix uses with a model
+    (largest batch, longest prompt). Where TensorRT-LLM cannot run, records why in UNAVAILABLE.json
+    (unless spec['strict']), so the benchmark targets record status 'unavailable' with that reason."""
+    from inference_optim_llm.models import load_tokenizer
+    from inference_optim_llm.prompts import load_prompt_set
+
+    model_dir = Path(spec["model_dir"])
+    tok = load_tokenizer(model_dir)
+    longest = max(max(map(len, load_prompt_set(n, p, tok, spec["seed"]).token_ids))
+                  for n, p in spec["prompt_sets"].items())
+    dtype = "bfloat16" if spec["dtype"] == "auto" else spec["dtype"]
+    settings = build_settings(json.loads((model_dir / "config.json").read_text()), dtype=dtype,
+                              max_batch_size=max(spec["batch_sizes"]), max_input_len=longest,
+                              max_seq_len=longest + spec["max_new_tokens"],
+                              trtllm_version=spec.get("trtllm_version"),
+                              compute_capability=spec.get("compute_capability"))
+    try:
+        build_engine(model_dir, Path(out_dir), settings)
+    except EngineUnavailable as e:
+        if spec.get("strict"):
+            raise
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / UNAVAILABLE_FILE).write_text(json.dumps({"reason": str(e)}) + "\n")
+        return {"engine": "trtllm", "status": "unavailable", "reason": str(e), "settings": settings}
+    return {"engine": "trtllm", "status": "built", "settings": settings}
+
+
+def unavailable_reason(engine_dir: Path | None) -> str | None:
+    """The reason recorded by a build that could not run, or None for a real engine."""
+    if engine_dir is None:
+        return None
+    path = Path(engine_dir) / UNAVAILABLE_FILE
+    return json.loads(path.read_text())["reason"] if path.is_file() else None

@@ -33,7 +33,7 @@ from typing import Any
 from inference_optim_llm.engines.base import BatchOutput, Engine, EngineUnavailable
 from inference_optim_llm.trtllm_build import (check_engine_fits, import_trtllm, parse_stream_output,
                                               read_build_settings, runtime_options, static_batch_num_tokens,
-                                              trtllm_dtype)
+                                              trtllm_dtype, unavailable_reason)
 
 
 class _LlmApiEngine(Engine):
@@ -44,6 +44,9 @@ class _LlmApiEngine(Engine):
 
     def load(self) -> None:
         s = self.settings
+        built_without = unavailable_reason(s.artifact_dir)
+        if built_without:
+            raise EngineUnavailable(f"the engine build could not run: {built_without}")
         import_trtllm()  # EngineUnavailable if tensorrt_llm or the GPU is missing
         if not s.device.startswith("cuda"):
             raise EngineUnavailable(f"TensorRT-LLM runs on CUDA only; device is {s.device!r}")

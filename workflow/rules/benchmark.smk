@@ -5,6 +5,23 @@ wildcard_constraints:
     batch=r"[1-9][0-9]*",
 
 
+rule calibrate:
+    output:
+        "results/calibration/bandwidth.json",
+    conda:
+        "../../envs/pipeline.yaml"
+    container:
+        CONTAINER
+    log:
+        "results/logs/calibrate.log",
+    params:
+        device=BENCH["device"],
+    resources:
+        gpu=1,
+    shell:
+        "python -m inference_optim_llm calibrate --device {params.device} --output {output:q} > {log} 2>&1"
+
+
 rule reference_tokens:
     input:
         model=model_dir,
@@ -31,6 +48,8 @@ rule run_benchmark:
         model=model_dir,
         prompts=prompt_inputs,
         reference=reference_input,
+        artifact=artifact_dir,
+        calibration=calibration_input,
     output:
         result="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json",
         records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.jsonl",

@@ -101,7 +101,60 @@ def reference_input(wildcards):
     return f"results/reference/{wildcards.model}/{wildcards.prompt_set}.json"
 
 
-def _spec(wildcards, engine, batch_size, reference):
+BUILT_ENGINES = ["compiled", "trtllm"]  # engines whose benchmark jobs need a build_engine artifact
+
+
+def artifact_dir(wildcards):
+    if wildcards.engine not in BUILT_ENGINES:
+        return []
+    return f"resources/engines/{wildcards.model}/{wildcards.engine}"
+
+
+def calibration_input(wildcards):
+    return "results/calibration/bandwidth.json" if BENCH["calibrate"] else []
+
+
+def build_spec(wildcards):
+    """What changes the artifact: the model, the shapes the matrix uses with it, dtype, device, options."""
+    mine = [c for c in cells() if c[0] == wildcards.model and c[1] == wildcards.engine]
+    spec = {
+        "model_dir": f"resources/models/{wildcards.model}",
+        "batch_sizes": sorted({c[3] for c in mine}),
+        "prompt_sets": {p: config["prompt_sets"][p] for p in sorted({c[2] for c in mine})},
+        "max_new_tokens": BENCH["max_new_tokens"],
+        "seed": BENCH["seed"],
+        "device": BENCH["device"],
+        "dtype": BENCH["dtype"],
+        "engine_options": config["engine_options"].get(wildcards.engine, {}),
+        "strict": BENCH["strict"],
+    }
+    if wildcards.engine == "trtllm":
+        # Part of the between-workflow cache key: a new TensorRT-LLM or GPU builds anew.
+        opts = config["engine_options"].get("trtllm", {})
+        spec["trtllm_version"] = opts.get("version", "1.2.1")
+        spec["compute_capability"] = opts.get("compute_capability") or detected_compute_capability()
+    return json.dumps(spec, sort_keys=True)
+
+
+def detected_compute_capability():
+    """This host's GPU compute capability through NVML, or None (a login node without GPU: then set
+    engine_options.trtllm.compute_capability so the cache key names the GPU the jobs will use)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return f"{major}.{minor}"
+    except Exception:
+        return None
+
+
+def build_prompt_inputs(wildcards):
+    mine = {c[2] for c in cells() if c[0] == wildcards.model and c[1] == wildcards.engine}
+    return [config["prompt_sets"][p]["file"] for p in sorted(mine) if "file" in config["prompt_sets"][p]]
+
+
+def _spec(wildcards, engine, batch_size, reference, calibration=None, artifact=None):
     spec = {
         "model": wildcards.model,
         "model_dir": f"resources/models/{wildcards.model}",
@@ -120,13 +173,21 @@ def _spec(wildcards, engine, batch_size, reference):
         "refuse_busy_gpu": BENCH["refuse_busy_gpu"],
         "engine_options": config["engine_options"].get(engine, {}),
         "reference": reference,
+        "calibration": calibration,
+        "artifact_dir": artifact,
     }
     return json.dumps(spec, sort_keys=True)
 
 
 def bench_spec(wildcards):
-    ref = reference_input(wildcards) or None
-    return _spec(wildcards, wildcards.engine, int(wildcards.batch), ref)
+    return _spec(
+        wildcards,
+        wildcards.engine,
+        int(wildcards.batch),
+        reference_input(wildcards) or None,
+        calibration_input(wildcards) or None,
+        artifact_dir(wildcards) or None,
+    )
 
 
 def reference_spec(wildcards):

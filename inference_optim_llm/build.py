@@ -1,0 +1,79 @@
+"""build_engine: the cached artifact an engine needs before its benchmark jobs.
+
+- compiled: compiles the decode step for every (batch size, cache length) the matrix uses for the
+  model, and saves torch.compiler's portable cache; benchmark jobs load it and skip code generation.
+- trtllm: builds the TensorRT-LLM engine (trtllm_build.py).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from inference_optim_llm.runner import log, resolve_device, resolve_dtype
+
+
+def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
+    """The (batch size, longest prompt) pairs the benchmark jobs of this model will compile."""
+    from inference_optim_llm.prompts import load_prompt_set
+
+    longest = {max(map(len, load_prompt_set(n, p, tokenizer, spec["seed"]).token_ids))
+               for n, p in spec["prompt_sets"].items()}
+    return sorted({(b, p) for b in spec["batch_sizes"] for p in longest})
+
+
+def build_compiled(spec: dict, out_dir: Path) -> dict:
+    import torch
+
+    from inference_optim_llm.engines import EngineSettings
+    from inference_optim_llm.engines.compiled import CompiledEngine, cache_len, save_compile_cache
+    from inference_optim_llm.models import load_tokenizer
+
+    device = resolve_device(spec["device"])
+    dtype = resolve_dtype(spec["dtype"], device)
+    tok = load_tokenizer(Path(spec["model_dir"]))
+    N = spec["max_new_tokens"]
+    done, seen = [], set()
+    for batch, longest in compiled_shapes(spec, tok):
+        L = cache_len(longest, N)
+        if (batch, L) in seen:
+            continue
+        seen.add((batch, L))
+        t = time.perf_counter()
+        engine = CompiledEngine(EngineSettings(model_dir=Path(spec["model_dir"]), device=device, dtype=dtype,
+                                               max_batch_size=batch, max_input_len=longest, max_new_tokens=N,
+                                               options=spec.get("engine_options", {})))
+        engine.load()
+        engine.generate([[tok.bos_token_id or 1] * longest] * batch, min(N, 4))
+        engine.close()
+        done.append({"batch_size": batch, "cache_len": L, "compile_s": time.perf_counter() - t})
+        log(f"compiled batch {batch}, cache {L}: {done[-1]['compile_s']:.1f} s")
+    size = save_compile_cache(out_dir)
+    return {"engine": "compiled", "device": device, "dtype": dtype, "torch": torch.__version__,
+            "shapes": done, "cache_bytes": size}
+
+
+def build(engine: str, spec: dict, out_dir: Path) -> None:
+    """Build into a temporary directory beside out_dir, then rename: never a half-built artifact."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if engine == "compiled":
+            info = build_compiled(spec, tmp)
+        elif engine == "trtllm":
+            from inference_optim_llm.trtllm_build import build_for_spec
+            info = build_for_spec(spec, tmp)
+        else:
+            raise ValueError(f"engine {engine!r} has no build step")
+        info["spec"] = spec
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
