@@ -17,28 +17,35 @@ include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 
 
+# Targets name the result files as well as the report, so that deleting one result file re-runs that
+# benchmark and then the report (Snakemake does not re-create a missing intermediate file otherwise).
 rule all:
     default_target: True
     input:
         "results/benchmark_results.md",
         "results/summary.csv",
+        all_results(),
 
 
 rule baseline:
     input:
         "results/reports/baseline/benchmark_results.md",
+        engine_result_paths("baseline"),
 
 
 rule compiled:
     input:
         "results/reports/compiled/benchmark_results.md",
+        engine_result_paths("compiled"),
 
 
 rule trtllm:
     input:
         "results/reports/trtllm/benchmark_results.md",
+        engine_result_paths("trtllm"),
 
 
 rule trtllm_torch:
     input:
         "results/reports/trtllm-torch/benchmark_results.md",
+        engine_result_paths("trtllm-torch"),

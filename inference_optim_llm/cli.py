@@ -64,7 +64,11 @@ def cmd_calibrate(a) -> int:
 
 
 def cmd_build_engine(a) -> int:
-    from inference_optim_llm.build import build
+    from inference_optim_llm.build import build, compile_one_shape
+    if a.shape:  # internal: one compiled shape, in its own process (build_compiled calls this)
+        batch, longest = map(int, a.shape.split(","))
+        compile_one_shape(json.loads(a.spec), Path(a.out), batch, longest)
+        return 0
     build(a.engine, json.loads(a.spec), Path(a.out))
     return 0
 
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("engine", help="compiled or trtllm")
     be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
     be.add_argument("--out", required=True, help="artifact directory")
+    be.add_argument("--shape", help=argparse.SUPPRESS)
     be.set_defaults(fn=cmd_build_engine)
 
     g = sub.add_parser("aggregate", help="summary CSV, markdown report and plots from result files")

@@ -122,22 +122,26 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
         record_token_times=spec.record_token_times, options=spec.engine_options,
         artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None)
     torch.manual_seed(spec.seed)
+    engine = engine_class(spec.engine)(settings)
     try:
-        engine = engine_class(spec.engine)(settings)
         t = time.perf_counter()
         engine.load()
         result["load_s"] = time.perf_counter() - t
         log(f"{spec.engine} loaded in {result['load_s']:.1f} s on {device} ({dtype})")
         measured = _measure(engine, spec, ps)
-        engine.close()
     except EngineUnavailable as e:
         if spec.strict:
             raise
         return _not_run(result, "unavailable", str(e)), []
-    except torch.OutOfMemoryError as e:
-        if spec.strict:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e) or spec.strict:
             raise
-        return _not_run(result, "oom", str(e).splitlines()[0]), []
+        return _not_run(result, "oom", str(e).strip().splitlines()[0][:500]), []
+    finally:
+        try:
+            engine.close()
+        except Exception as e:  # never hide the original error behind a failed clean-up
+            log(f"engine close failed: {e}")
     result.update(measured["result"])
     calib = json.loads(Path(spec.calibration).read_text()) if spec.calibration else None
     result["bandwidth"] = bandwidth.decode_bandwidth(
@@ -150,6 +154,15 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
         result["agreement"] = {"reference_engine": ref["engine"], "reference_batch_size": ref["batch_size"],
                                **metrics.token_agreement(measured["first_outputs"], ref["tokens"])}
     return result, measured["records"]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's CUDA OOM, the CPU allocator's refusal, and TensorRT-LLM's own out-of-memory errors."""
+    import torch
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def _not_run(result: dict, status: str, reason: str) -> dict:

@@ -68,6 +68,6 @@ class BaselineEngine(Engine):
             torch.cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
-        del self.model
+        self.__dict__.pop("model", None)   # close() also runs after a failed load
         if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()

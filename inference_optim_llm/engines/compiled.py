@@ -27,7 +27,7 @@ from inference_optim_llm.engines.timing import TokenClock
 from inference_optim_llm.models import load_model, load_tokenizer
 
 SUPPORTED = {"llama"}
-CACHE_FILE = "compile_cache.bin"
+INDUCTOR_DIR = "inductor-cache"   # inside build_engine's artifact directory
 
 
 def cache_len(max_input_len: int, max_new_tokens: int) -> int:
@@ -186,8 +186,9 @@ class CompiledEngine(Engine):
             torch.cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
-        del self.step, self.net, self.hf
-        if self.cuda:
+        for name in ("step", "net", "hf"):   # close() also runs after a failed load
+            self.__dict__.pop(name, None)
+        if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
 
@@ -197,22 +198,14 @@ def _model_type(model_dir: Path) -> str | None:
 
 
 def load_compile_cache(artifact_dir: Path | None) -> bool:
-    """Load compile artifacts saved by build_engine (torch.compiler's portable cache)."""
-    if not artifact_dir:
+    """Use build_engine's inductor cache: copied to a private directory (the artifact stays read-only
+    and shared between jobs), which inductor then reads and writes. Before anything compiles."""
+    src = Path(artifact_dir) / INDUCTOR_DIR if artifact_dir else None
+    if src is None or not src.is_dir():
         return False
-    path = Path(artifact_dir) / CACHE_FILE
-    if not path.is_file():
-        return False
-    torch.compiler.load_cache_artifacts(path.read_bytes())
+    import shutil
+    import tempfile
+    private = Path(tempfile.mkdtemp(prefix="iol-inductor-"))
+    shutil.copytree(src, private, dirs_exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(private)
     return True
-
-
-def save_compile_cache(artifact_dir: Path) -> int:
-    artifacts = torch.compiler.save_cache_artifacts()
-    if artifacts is None:
-        return 0
-    data, _info = artifacts
-    tmp = Path(artifact_dir) / (CACHE_FILE + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, Path(artifact_dir) / CACHE_FILE)
-    return len(data)

@@ -61,13 +61,17 @@ def all_results():
     return [result_path(*c) for c in cells()]
 
 
-def engine_results(wildcards):
+def engine_result_paths(engine):
     """One engine's targets; an engine absent from the matrix gets the matrix's cells, so that
     `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
-    mine = [c for c in cells() if c[1] == wildcards.engine]
+    mine = [c for c in cells() if c[1] == engine]
     if not mine:
-        mine = sorted({(m, wildcards.engine, p, b) for m, _, p, b in cells()})
+        mine = sorted({(m, engine, p, b) for m, _, p, b in cells()})
     return [result_path(*c) for c in mine]
+
+
+def engine_results(wildcards):
+    return engine_result_paths(wildcards.engine)
 
 
 def _alternatives(values):
@@ -125,7 +129,7 @@ def build_spec(wildcards):
         "seed": BENCH["seed"],
         "device": BENCH["device"],
         "dtype": BENCH["dtype"],
-        "engine_options": config["engine_options"].get(wildcards.engine, {}),
+        "engine_options": runtime_options(wildcards.engine),
         "strict": BENCH["strict"],
     }
     if wildcards.engine == "trtllm":
@@ -133,7 +137,16 @@ def build_spec(wildcards):
         opts = config["engine_options"].get("trtllm", {})
         spec["trtllm_version"] = opts.get("version", "1.2.1")
         spec["compute_capability"] = opts.get("compute_capability") or detected_compute_capability()
+        # TensorRT-LLM as installed where the workflow starts (None if absent): a build that could
+        # not run (recorded as unavailable) is then never reused once TensorRT-LLM is installed.
+        spec["installed_trtllm"] = installed_trtllm()
     return json.dumps(spec, sort_keys=True)
+
+
+def installed_trtllm():
+    from inference_optim_llm.trtllm_build import installed_version
+
+    return installed_version()
 
 
 def detected_compute_capability():
@@ -171,12 +184,20 @@ def _spec(wildcards, engine, batch_size, reference, calibration=None, artifact=N
         "telemetry_interval_s": BENCH["telemetry_interval_s"],
         "strict": BENCH["strict"],
         "refuse_busy_gpu": BENCH["refuse_busy_gpu"],
-        "engine_options": config["engine_options"].get(engine, {}),
+        "engine_options": runtime_options(engine),
         "reference": reference,
         "calibration": calibration,
         "artifact_dir": artifact,
     }
     return json.dumps(spec, sort_keys=True)
+
+
+BUILD_ONLY_OPTIONS = {"version", "compute_capability"}  # engine_options.trtllm keys for the build
+
+
+def runtime_options(engine):
+    opts = config["engine_options"].get(engine, {})
+    return {k: v for k, v in opts.items() if k not in BUILD_ONLY_OPTIONS}
 
 
 def bench_spec(wildcards):

