@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from inference_optim_llm.runner import log, resolve_device, resolve_dtype
+from inference_optim_llm.runner import is_out_of_memory, log, resolve_device, resolve_dtype
 
 
 def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
@@ -50,9 +50,16 @@ def build_compiled(spec: dict, out_dir: Path) -> dict:
         cmd = [sys.executable, "-m", "inference_optim_llm", "build-engine", "compiled", "--spec", json.dumps(spec),
                "--out", str(out_dir), "--shape", f"{batch},{longest}"]
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(out_dir).resolve() / INDUCTOR_DIR)}
-        subprocess.run(cmd, check=True, env=env)
-        done.append({"batch_size": batch, "cache_len": L, "compile_s": time.perf_counter() - t})
-        log(f"compiled batch {batch}, cache {L}: {done[-1]['compile_s']:.1f} s")
+        proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
+        status = "ok"
+        if proc.returncode != 0:
+            if not is_out_of_memory(RuntimeError(proc.stderr)):
+                raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.returncode})")
+            status = "oom"  # this shape does not fit: its benchmark job records the OOM, the rest go on
+        done.append({"batch_size": batch, "cache_len": L, "status": status,
+                     "compile_s": time.perf_counter() - t})
+        log(f"compiled batch {batch}, cache {L}: {status}, {done[-1]['compile_s']:.1f} s")
     return {"engine": "compiled", "device": device, "dtype": resolve_dtype(spec["dtype"], device),
             "torch": torch.__version__, "shapes": done,
             "cache_bytes": sum(p.stat().st_size for p in (Path(out_dir) / INDUCTOR_DIR).rglob("*") if p.is_file())}

@@ -156,6 +156,19 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
     return result, measured["records"]
 
 
+class GpuBusyError(ValueError):
+    """Other processes use the GPU and the configuration refuses to measure then."""
+
+
+def check_busy(busy: dict | None, refuse: bool) -> None:
+    """busy: NvmlSampler.busy_state() read before measuring (None without NVML). It is recorded in every
+    result (telemetry.gpu_busy_at_start); with refuse_busy_gpu the run stops instead."""
+    if refuse and busy and busy["busy"]:
+        others = ", ".join(f"pid {p['pid']} ({p['memory_mb'] or 0:.0f} MiB)" for p in busy["other_processes"])
+        raise GpuBusyError(f"the GPU is busy ({others}; {busy['utilization_pct']}% utilisation): "
+                           "benchmark.refuse_busy_gpu is true, so nothing was measured")
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """torch's CUDA OOM, the CPU allocator's refusal, and TensorRT-LLM's own out-of-memory errors."""
     import torch
@@ -188,9 +201,7 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
     with NvmlSampler(interval_s=spec.telemetry_interval_s) as sampler:
-        if spec.refuse_busy_gpu and getattr(sampler, "_busy", None) and sampler._busy["busy"]:
-            raise RuntimeError(f"GPU busy with other processes: {sampler._busy['other_processes']} "
-                               "(refuse_busy_gpu is set)")
+        check_busy(getattr(sampler, "_busy", None), spec.refuse_busy_gpu)
         for rep in range(spec.repetitions):
             for b, idx in enumerate(plan):
                 out = engine.generate([ps.token_ids[i] for i in idx], N)
