@@ -169,7 +169,7 @@ def plots(df, plots_dir: Path) -> list[Path]:
 
 def environment(results: list[dict]) -> list[tuple[str, str]]:
     def values(key):
-        return ", ".join(sorted({str(r["provenance"].get(key)) for r in results}))
+        return ", ".join(sorted({str(r["provenance"].get(key) or "none") for r in results}))
     times = sorted(r["provenance"]["time_utc"] for r in results)
     return [("GPU", values("gpu_name")), ("GPU driver", values("driver")), ("CUDA (torch build)", values("cuda")),
             ("CPU", values("cpu")), ("host", values("host")), ("torch", values("torch")),
