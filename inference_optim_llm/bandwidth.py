@@ -80,7 +80,9 @@ def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mea
         out["reason"] = "no per-token time (timing off)"
         return out
     out["achieved_gb_s"] = out["bytes_per_step"] / tpot_s / 1e9
-    if calibration is None:
+    if gpu_name is None:
+        out["reason"] = "not a GPU run: the limit is measured for GPU memory only"
+    elif calibration is None:
         out["reason"] = "no bandwidth calibration for this run"
     elif calibration.get("gpu_name") != gpu_name:
         out["reason"] = f"calibration is for {calibration.get('gpu_name')}, not {gpu_name}"

@@ -115,6 +115,10 @@ def _fmt(v, digits=1):
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _percent(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
+
+
 def _speedup(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.2f}x"
 
@@ -125,15 +129,16 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.status.upper(), "", "", "", "", "", "", "", "", "", ""])
+            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 11)
             continue
         rows.append([r.engine, r.batch_size, _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
                      _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3), _fmt(r.e2e_s_p90, 3),
                      _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0), _fmt(r.power_mean_w),
                      _fmt(r.energy_per_token_j, 4), _speedup(r.speedup_vs_baseline),
-                     _fmt(r.exact_match_rate, 2)])
+                     _fmt(r.exact_match_rate, 2), _percent(r.bandwidth_fraction)])
     headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
-               "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match"]
+               "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
+               "of bandwidth"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

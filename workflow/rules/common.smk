@@ -118,6 +118,10 @@ def calibration_input(wildcards):
     return "results/calibration/bandwidth.json" if BENCH["calibrate"] else []
 
 
+def calibration_flag(wildcards):
+    return f"--calibration {shlex.quote(calibration_input(wildcards))}" if BENCH["calibrate"] else ""
+
+
 def build_spec(wildcards):
     """What changes the artifact: the model, the shapes the matrix uses with it, dtype, device, options."""
     mine = [c for c in cells() if c[0] == wildcards.model and c[1] == wildcards.engine]

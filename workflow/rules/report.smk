@@ -1,6 +1,7 @@
 rule aggregate:
     input:
-        all_results(),
+        results=all_results(),
+        calibration=calibration_input,
     output:
         md="results/benchmark_results.md",
         csv="results/summary.csv",
@@ -11,14 +12,17 @@ rule aggregate:
         CONTAINER
     log:
         "results/logs/aggregate.log",
+    params:
+        calibration=calibration_flag,
     shell:
-        "python -m inference_optim_llm aggregate {input:q} --out-md {output.md:q} "
-        "--out-csv {output.csv:q} --plots-dir {output.plots:q} > {log} 2>&1"
+        "python -m inference_optim_llm aggregate {input.results:q} {params.calibration} "
+        "--out-md {output.md:q} --out-csv {output.csv:q} --plots-dir {output.plots:q} > {log} 2>&1"
 
 
 rule aggregate_engine:
     input:
-        engine_results,
+        results=engine_results,
+        calibration=calibration_input,
     output:
         md="results/reports/{engine}/benchmark_results.md",
         csv="results/reports/{engine}/summary.csv",
@@ -29,7 +33,10 @@ rule aggregate_engine:
         CONTAINER
     log:
         "results/logs/aggregate_{engine}.log",
+    params:
+        calibration=calibration_flag,
     shell:
-        "python -m inference_optim_llm aggregate {input:q} --out-md {output.md:q} "
-        "--out-csv {output.csv:q} --plots-dir {output.plots:q} --title 'Inference-Optim-LLM: {wildcards.engine}' "
+        "python -m inference_optim_llm aggregate {input.results:q} {params.calibration} "
+        "--out-md {output.md:q} --out-csv {output.csv:q} --plots-dir {output.plots:q} "
+        "--title 'Inference-Optim-LLM: {wildcards.engine}' "
         "> {log} 2>&1"
