@@ -1,7 +1,7 @@
 """build_engine: the cached artifact an engine needs before its benchmark jobs.
 
 - compiled: compiles the decode step for every (batch size, cache length) the matrix uses for the
-  model, and saves torch.compiler's portable cache; benchmark jobs load it and skip code generation.
+  model into an inductor cache directory; benchmark jobs copy it and skip code generation.
 - trtllm: builds the TensorRT-LLM engine (trtllm_build.py).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from inference_optim_llm.runner import is_out_of_memory, log, resolve_device, resolve_dtype
+from inference_optim_llm.runner import log, mentions_out_of_memory, resolve_device, resolve_dtype
 
 
 def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
@@ -54,7 +54,7 @@ def build_compiled(spec: dict, out_dir: Path) -> dict:
         sys.stderr.write(proc.stderr)
         status = "ok"
         if proc.returncode != 0:
-            if not is_out_of_memory(RuntimeError(proc.stderr)):
+            if not mentions_out_of_memory(proc.stderr):
                 raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.returncode})")
             status = "oom"  # this shape does not fit: its benchmark job records the OOM, the rest go on
         done.append({"batch_size": batch, "cache_len": L, "status": status,
@@ -66,7 +66,7 @@ def build_compiled(spec: dict, out_dir: Path) -> dict:
 
 
 def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> None:
-    """Compile the decode step for one shape, as a benchmark job does, and save the portable cache."""
+    """Compile the decode step for one shape, as a benchmark job does (into $TORCHINDUCTOR_CACHE_DIR)."""
     from inference_optim_llm.engines import EngineSettings
     from inference_optim_llm.engines.compiled import CompiledEngine
     from inference_optim_llm.models import load_tokenizer

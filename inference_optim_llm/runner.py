@@ -86,6 +86,16 @@ def check_context(ps: PromptSet, max_new_tokens: int, model_dir: str) -> None:
                          f"({max_new_tokens}) exceeds the model's context ({limit} tokens)")
 
 
+def prepare(spec: BenchSpec) -> tuple[str, str, PromptSet]:
+    """Device, dtype and the tokenized prompt set, checked against the model's context: the cheap
+    checks that fail before any model is loaded."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, load_tokenizer(Path(spec.model_dir)), spec.seed)
+    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    return device, dtype, ps
+
+
 def base_result(spec: BenchSpec, device: str, dtype: str) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -107,11 +117,7 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
     an unavailable engine or an out-of-memory error becomes a status unless spec.strict."""
     import torch
 
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    tok = load_tokenizer(Path(spec.model_dir))
-    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tok, spec.seed)
-    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    device, dtype, ps = prepare(spec)
     result = base_result(spec, device, dtype)
     result["settings"]["prompt_tokens_mean"] = sum(map(len, ps.token_ids)) / len(ps.token_ids)
     result["settings"]["prompts"] = len(ps.token_ids)
@@ -172,9 +178,11 @@ def check_busy(busy: dict | None, refuse: bool) -> None:
 def is_out_of_memory(e: BaseException) -> bool:
     """torch's CUDA OOM, the CPU allocator's refusal, and TensorRT-LLM's own out-of-memory errors."""
     import torch
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or mentions_out_of_memory(str(e))
+
+
+def mentions_out_of_memory(text: str) -> bool:
+    text = text.lower()
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
@@ -201,7 +209,7 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
     with NvmlSampler(interval_s=spec.telemetry_interval_s) as sampler:
-        check_busy(getattr(sampler, "_busy", None), spec.refuse_busy_gpu)
+        check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
         for rep in range(spec.repetitions):
             for b, idx in enumerate(plan):
                 out = engine.generate([ps.token_ids[i] for i in idx], N)
@@ -247,11 +255,7 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
 def reference_tokens(spec: BenchSpec) -> dict:
     """Greedy tokens of the baseline engine at batch 1 for every prompt of the set: what other engines'
     outputs are compared with."""
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    tok = load_tokenizer(Path(spec.model_dir))
-    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tok, spec.seed)
-    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    device, dtype, ps = prepare(spec)
     settings = EngineSettings(model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=1,
                               max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens,
                               record_token_times=False)

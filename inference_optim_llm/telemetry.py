@@ -112,6 +112,7 @@ class NvmlSampler:
         self._nvml = None
         self._handle = None
         self._unavailable: str | None = None
+        self.busy_at_start: dict | None = None  # busy_state() read before sampling; None without NVML
 
     # -- setup -----------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -189,7 +190,7 @@ class NvmlSampler:
         self._open()
         if self._handle is None:
             return self
-        self._busy = self.busy_state()
+        self.busy_at_start = self.busy_state()
         first = self._sample()
         self._start_memory = first.memory_mb
         self._energy0, self._energy_reason = self._read(self._nvml.nvmlDeviceGetTotalEnergyConsumption)
@@ -217,7 +218,7 @@ class NvmlSampler:
                 energy_j = (e1 - self._energy0) / 1000.0
         self.report = summarize_samples(self._samples, energy_j, self._energy_reason, self._start_memory)
         self.report.interval_s = self.interval_s
-        self.report.gpu_busy_at_start = self._busy
+        self.report.gpu_busy_at_start = self.busy_at_start
         try:
             self._nvml.nvmlShutdown()
         except Exception:

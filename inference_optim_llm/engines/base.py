@@ -68,3 +68,18 @@ class Engine:
 
     def close(self) -> None:
         pass
+
+
+class TorchEngine(Engine):
+    """Engines whose memory goes through torch's allocator: its peak figure, on CUDA."""
+
+    def memory_stats(self) -> dict[str, float | None]:
+        if not self.settings.device.startswith("cuda"):
+            return {"torch_peak_allocated_mb": None}
+        import torch
+        return {"torch_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+    def reset_peak_memory(self) -> None:
+        if self.settings.device.startswith("cuda"):
+            import torch
+            torch.cuda.reset_peak_memory_stats()

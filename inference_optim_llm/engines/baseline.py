@@ -6,7 +6,7 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from inference_optim_llm.engines.base import BatchOutput, Engine
+from inference_optim_llm.engines.base import BatchOutput, TorchEngine
 from inference_optim_llm.engines.timing import TokenClock
 from inference_optim_llm.models import load_model, load_tokenizer
 
@@ -34,7 +34,7 @@ def pad_left(prompts: list[list[int]], pad_id: int, device: str):
     return ids.to(device), mask.to(device)
 
 
-class BaselineEngine(Engine):
+class BaselineEngine(TorchEngine):
     name = "baseline"
 
     def load(self) -> None:
@@ -57,15 +57,6 @@ class BaselineEngine(Engine):
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=new, token_times_s=[times] * len(prompts), e2e_s=e2e)
-
-    def memory_stats(self):
-        if self.settings.device.startswith("cuda"):
-            return {"torch_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
-        return {"torch_peak_allocated_mb": None}
-
-    def reset_peak_memory(self) -> None:
-        if self.settings.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
         self.__dict__.pop("model", None)   # close() also runs after a failed load

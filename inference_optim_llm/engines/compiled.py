@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_optim_llm.engines.base import BatchOutput, Engine, EngineUnavailable
+from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.baseline import pad_left
 from inference_optim_llm.engines.timing import TokenClock
 from inference_optim_llm.models import load_model, load_tokenizer
@@ -125,7 +125,7 @@ def configure_inductor(device: str, options: dict) -> None:
     ic.coordinate_descent_tuning = bool(options.get("coordinate_descent_tuning", False))
 
 
-class CompiledEngine(Engine):
+class CompiledEngine(TorchEngine):
     name = "compiled"
 
     def load(self) -> None:
@@ -175,15 +175,6 @@ class CompiledEngine(Engine):
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)
-
-    def memory_stats(self):
-        if self.cuda:
-            return {"torch_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
-        return {"torch_peak_allocated_mb": None}
-
-    def reset_peak_memory(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
         for name in ("step", "net", "hf"):   # close() also runs after a failed load
