@@ -1,36 +1,75 @@
 #!/usr/bin/env bash
-# Runs the GPU matrix (config/gpu.yaml) on the lent GPU machine, which has torch and transformers but
-# no network and no snakemake: wheels travel in .whl/, the embedded model's GGUF in two parts.
-#   bash benchmarks/device_run.sh start   # prepare, start snakemake in the background, follow it
-#   bash benchmarks/device_run.sh wait    # follow it until done, then pack results into $OUT
-set -euo pipefail
+# Runs the GPU matrix (config/gpu.yaml, engines baseline and compiled) on the lent GPU machine, which has
+# torch and transformers but no network and no snakemake. What travels (64 MiB a call at most): the
+# wheels in .whl/, the synthetic models' directories in .carry/models, and the embedded model's GGUF
+# in two parts, one per call. Three calls, each right after the last (the machine stays warm 30 s):
+#   bash benchmarks/device_run.sh synthetic  # carry .whl .carry/gguf1 .carry/models: the two synthetic
+#                                            # shapes (the bar), then a kernel profile of each
+#   bash benchmarks/device_run.sh matrix     # carry .carry/gguf2: the whole matrix, started in the background
+#   bash benchmarks/device_run.sh wait       # follow it to the end; the report and results into $OUT
+# Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
+set -uo pipefail
 STATE=results/device
-mkdir -p "$STATE" resources/downloads
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+GGUF=resources/downloads/SmolLM2-135M-Instruct.Q4_1.gguf
+GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+SNAKEMAKE=(python3 -m snakemake --cores 16 --configfile config/gpu.yaml --config 'engines=[baseline,compiled]'
+           --keep-going --scheduler greedy)
+mkdir -p "$STATE" resources/downloads/parts resources/models
+[ -d /tmp/site/snakemake ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-# `python` for the rules' shell commands: a wrapper, not a symlink (a symlink loses the venv).
+# `python` for the rules' shell commands: a wrapper, not a symlink (a symlink loses the environment).
 mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python && chmod +x /tmp/bin/python
 export PATH=/tmp/bin:/tmp/site/bin:$PATH
+
+running() { [ -f $STATE/pid ] && kill -0 "$(cat $STATE/pid)" 2>/dev/null; }
+start() {  # $1: log name; the rest: snakemake targets
+  local name=$1; shift
+  setsid nohup "${SNAKEMAKE[@]}" "$@" > "$STATE/$name.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+}
 follow() {  # $1: seconds at most
   local end=$((SECONDS + $1))
-  while [ $SECONDS -lt $end ] && kill -0 "$(cat $STATE/pid)" 2>/dev/null; do
-    sleep 15; echo "$(date +%T) results: $(ls results/runs/*/*/*/*.json 2>/dev/null | wc -l)"
+  while [ $SECONDS -lt $end ] && running; do
+    sleep 10; echo "$(date +%T) results: $(ls results/runs/*/*/*/*.json 2>/dev/null | wc -l)," \
+      "last log line: $(tail -c 300 $STATE/*.log 2>/dev/null | grep -v '^$' | tail -1)"
   done
 }
+pack() {  # $1: archive name
+  tar czf "$OUT/$1.tgz" results/benchmark_results.md results/summary.csv results/plots results/runs \
+    results/calibration results/reference results/logs results/device resources/engines/*/*/build_info.json \
+    2>/dev/null
+  ls -la "$OUT"
+}
+SYN=(results/runs/llama-{1b,8b}/{baseline,compiled}/tok64/bs1.json)
 case "$1" in
-start)
-  gguf=resources/downloads/SmolLM2-135M-Instruct.Q4_1.gguf
-  [ -f $gguf ] || cat .carry/gguf1/* .carry/gguf2/* > $gguf
-  sha256sum $gguf
-  setsid nohup python3 -m snakemake --cores 16 --configfile config/gpu.yaml --keep-going \
-    --scheduler greedy > $STATE/snakemake.log 2>&1 < /dev/null &
-  echo $! > $STATE/pid
-  follow "${2:-420}"
-  tail -5 $STATE/snakemake.log ;;
+synthetic)
+  cp .carry/gguf1/* resources/downloads/parts/
+  for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$STATE/gpu.csv"
+  start synthetic "${SYN[@]}"
+  follow 420
+  tail -5 $STATE/synthetic.log
+  if ! running; then
+    for m in 8b 1b; do
+      timeout 60 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
+        --artifact resources/engines/llama-$m/compiled --calibration results/calibration/bandwidth.json \
+        --out "$OUT/profile-$m.json" > "$STATE/profile-$m.log" 2>&1; tail -30 "$STATE/profile-$m.log"
+    done
+  fi
+  pack synthetic ;;
+matrix)
+  if [ ! -f $GGUF ]; then
+    [ -n "$(ls resources/downloads/parts/)" ] || { echo "part 1 of the GGUF is not here: the machine was not warm"; exit 3; }
+    cat resources/downloads/parts/* .carry/gguf2/* > $GGUF.part && mv $GGUF.part $GGUF
+  fi
+  echo "$GGUF_SHA256  $GGUF" | sha256sum -c || exit 4
+  while running; do sleep 5; done   # the synthetic run, if it is still going
+  start matrix
+  follow 540
+  pack matrix ;;
 wait)
-  follow "${2:-540}"
-  tail -25 $STATE/snakemake.log
-  tar czf "$OUT/results.tgz" results/benchmark_results.md results/summary.csv results/plots results/runs \
-    results/calibration results/reference results/logs resources/engines/*/*/build_info.json 2>/dev/null || true
-  ls -la "$OUT" ;;
+  follow "${2:-560}"
+  tail -30 $STATE/matrix.log
+  pack results ;;
 esac

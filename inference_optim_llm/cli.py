@@ -69,7 +69,7 @@ def cmd_build_engine(a) -> int:
         batch, longest = map(int, a.shape.split(","))
         compile_one_shape(json.loads(a.spec), Path(a.out), batch, longest)
         return 0
-    build(a.engine, json.loads(a.spec), Path(a.out))
+    build(a.engine, json.loads(a.spec), Path(a.out), a.workers)
     return 0
 
 
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("engine", help="compiled or trtllm")
     be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
     be.add_argument("--out", required=True, help="artifact directory")
+    be.add_argument("--workers", type=int, default=1, help="compiled: shapes compiled side by side")
     be.add_argument("--shape", help=argparse.SUPPRESS)
     be.set_defaults(fn=cmd_build_engine)
 

@@ -196,6 +196,20 @@ def test_dry_run_of_the_gpu_matrix_without_a_gpu(tmp_path):
     assert len(builds) == len(set(builds)) == 4
 
 
+def test_engines_key_runs_only_the_engines_it_names(tmp_path):
+    """--config engines=[...] narrows the matrix (how the GPU machine without TensorRT-LLM runs it);
+    a filter that leaves no cell is an error naming the key."""
+    gpu = ["-n", "--configfile", str(REPO / "config" / "gpu.yaml"), "--forceall"]
+    proc = snakemake(REPO, *gpu, "--config", "engines=[baseline,compiled]")
+    counts = job_counts(output(proc))
+    assert counts["run_benchmark"] == 2 * 3 * 3 + 2 * 2
+    assert counts["build_engine"] == 3          # compiled x 3 models, no TensorRT-LLM build
+    assert "engine=trtllm" not in output(proc)
+    proc = snakemake(REPO, "-n", "--config", "engines=[trtllm]", check=False)
+    assert proc.returncode != 0
+    assert "config engines: ['trtllm'] leaves no cell of the matrix (its engines: baseline, compiled)" in output(proc)
+
+
 def test_lint_is_clean():
     for extra in ([], ["--configfile", str(REPO / "config" / "gpu.yaml")]):
         proc = snakemake(REPO, "--lint", *extra)

@@ -69,9 +69,11 @@ class FusedLlama(torch.nn.Module):
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.kv_index = torch.arange(max_len, device=device)
+        # Which cache columns hold real tokens (left padding is False): filled per batch, read each step.
+        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         # Plain tensors held by the module would count as graph inputs, which CUDA graphs copy on every
         # replay: mark the weights and caches as static so each step reads them in place.
-        weights = [self.embed, self.final_norm, self.lm_head, self.kv_index]
+        weights = [self.embed, self.final_norm, self.lm_head, self.kv_index, self.valid]
         weights += [t for layer in self.layers for t in layer.values()]
         for t in weights + self.k_cache + self.v_cache:
             torch._dynamo.mark_static_address(t)
@@ -158,7 +160,8 @@ class CompiledEngine(TorchEngine):
         P = ids.shape[1]
         if P + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
-        valid = torch.ones(B, self.max_len, dtype=torch.bool, device=dev)
+        valid = self.net.valid
+        valid.fill_(True)
         valid[:, :P] = mask.bool()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         next_pos = positions[:, -1:] + 1                       # (B, 1)

@@ -24,6 +24,12 @@ def _check_config():
                         f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
                         f"(defined: {', '.join(known)})"
                     )
+    if config.get("engines") is not None and not cells():
+        in_matrix = sorted({e for block in config["matrix"] for e in block["engines"]})
+        raise ValueError(
+            f"config engines: {config['engines']} leaves no cell of the matrix "
+            f"(its engines: {', '.join(in_matrix)})"
+        )
     used_sets = {p for block in config["matrix"] for p in block["prompt_sets"]}
     for name, spec in config["prompt_sets"].items():
         if "file" in spec and name in used_sets:
@@ -43,13 +49,16 @@ def local_roots():
 
 
 def cells():
-    """Every (model, engine, prompt_set, batch_size) of the matrix, once, in config order."""
+    """Every (model, engine, prompt_set, batch_size) of the matrix, once, in config order; only the
+    engines that the optional `engines` key names."""
+    only = config.get("engines")
     seen = {}
     for block in config["matrix"]:
         for cell in product(
             block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"]
         ):
-            seen.setdefault(cell, None)
+            if only is None or cell[1] in only:
+                seen.setdefault(cell, None)
     return list(seen)
 
 
