@@ -1,8 +1,11 @@
-"""docs/results/<card>.md from a GPU run: the issue's bar (synthetic shapes at batch 1), the kernel
-profiles, then the pipeline's rendered report. Every figure is read from the result files.
+"""docs/results/<card>.md from a GPU run: the issue's bar (synthetic shapes at batch 1), notes, kernel
+profiles if any, then the rendered report. Every figure is read from the result files.
 
-    python benchmarks/card_page.py --results RESULTS_DIR --profiles P1.json P2.json \
-        --command "..." --out docs/results/nvidia-h100-80gb-hbm3.md
+    python benchmarks/card_page.py --results DIR --report DIR/benchmark_results.md --notes NOTES.md \
+        --command "..." --out docs/results/nvidia-h100-80gb-hbm3.md [--profiles P1.json P2.json]
+
+DIR holds runs/ (result files) as the pipeline's results/ does; the report's plot links are rewritten
+relative to the page.
 """
 from __future__ import annotations
 
@@ -13,10 +16,6 @@ from pathlib import Path
 
 BAR = {"llama-1b": 0.50, "llama-8b": 0.75}   # fraction of the measured bandwidth, compiled at batch 1
 SPEEDUP_BAR = {"llama-1b": 5.0}              # compiled over baseline at batch 1
-
-
-def slug(card: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
 
 
 def load(results: Path, model: str, engine: str) -> dict | None:
@@ -81,32 +80,38 @@ def profile_rows(paths: list[Path]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--results", required=True, help="the run's results/ directory")
+    ap.add_argument("--results", required=True, help="the run's results/ directory (or a copy of it)")
+    ap.add_argument("--report", required=True, help="the rendered benchmark_results.md")
+    ap.add_argument("--notes", help="markdown placed after the bar table")
     ap.add_argument("--profiles", nargs="*", default=[])
     ap.add_argument("--command", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     results = Path(a.results)
     first = json.loads(next((results / "runs").glob("*/*/*/bs1.json")).read_text())["provenance"]
-    report = (results / "benchmark_results.md").read_text()
+    out = Path(a.out)
+    report_path = Path(a.report)
+    report = report_path.read_text()
     report = re.sub(r"^#", "##", report, flags=re.M)   # nest its headings under this page's
+    rel = report_path.parent.resolve().relative_to(out.parent.resolve())
+    report = report.replace("](plots/", f"]({rel.as_posix()}/plots/")
+    notes = Path(a.notes).read_text().rstrip("\n").splitlines() if a.notes else []
     lines = [f"# GPU results: {first['gpu_name']}", "",
              f"Card: **{first['gpu_name']}** (driver {first['driver']}, CUDA {first['cuda']}), torch {first['torch']}, "
-             f"transformers {first['transformers']}. Date: **{first['time_utc'][:10]}**. Commit {first['git_commit']}.",
+             f"transformers {first['transformers']}. Date: **{first['time_utc'][:10]}**. Git commit as the results record it: {first['git_commit']}.",
              "", "Produced by the pipeline itself on the GPU machine (no snakemake or network there: the wheels and the",
              "embedded model travel with the tree, see benchmarks/device_run.sh):", "", "    " + a.command, "",
              "## The bar (issue 3): synthetic Llama shapes, batch 1, 64-token prompts, 200 new tokens, greedy, bf16",
              "", *bar_rows(results), "",
              "Fractions are of the bandwidth that the pipeline's `calibrate` step measured on this card (large",
              "device-to-device copy, bytes read + written); bytes per step are the weights read once plus the KV cache",
-             "of the mean context (inference_optim_llm/bandwidth.py).", "",
-             "## Kernel profile of the compiled decode step", "",
-             "`benchmarks/profile_step.py`, run after the pipeline on its build artifacts (no new compilation).", "",
-             *profile_rows([Path(p) for p in a.profiles]),
-             "## The pipeline's report", "",
-             "`results/benchmark_results.md` as rendered by the `aggregate` rule (plots and summary.csv beside this",
-             f"page in {slug(first['gpu_name'])}/).", "", report]
-    Path(a.out).write_text("\n".join(lines) + "\n")
+             "of the mean context (inference_optim_llm/bandwidth.py).", "", *notes, ""]
+    if a.profiles:
+        lines += ["## Kernel profile of the compiled decode step", "",
+                  "`benchmarks/profile_step.py`, run after the pipeline on its build artifacts (no new compilation).",
+                  "", *profile_rows([Path(p) for p in a.profiles])]
+    lines += ["## The pipeline's report", "", *report.splitlines()]
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,14 @@ def findings(df) -> list[str]:
         if not s.empty:
             out.append(f"`{engine}` against `{REFERENCE_ENGINE}` at equal batch size: median speedup "
                        f"{s.median():.2f}x (from {s.min():.2f}x to {s.max():.2f}x over {len(s)} cells).")
+    compared = ok[ok.exact_match_rate.notna() & ~((ok.engine == REFERENCE_ENGINE) & (ok.batch_size == 1))]
+    for engine, g in compared.groupby("engine"):
+        splits = g.first_divergence.dropna()
+        line = (f"`{engine}` tokens against the reference ({REFERENCE_ENGINE}, batch 1): exact on "
+                f"{g.exact_match_rate.mean():.0%} of prompts over {len(g)} cell{'s' * (len(g) != 1)}")
+        line += (f"; where they part, at output token {int(splits.min())} at the earliest "
+                 f"(median over cells {splits.median():.0f})." if not splits.empty else ".")
+        out.append(line)
     for r in df[df.status != "ok"].itertuples():
         out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size} was not run: "
                    f"{r.status} ({r.reason}).")
@@ -119,6 +127,13 @@ def _percent(v) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.1f} %"
 
 
+def _split(rate, position) -> str:
+    """The earliest output position where some prompt's tokens part from the reference's."""
+    if rate is None or rate != rate:
+        return "n/a"
+    return "none" if position is None or position != position else str(int(position))
+
+
 def _speedup(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.2f}x"
 
@@ -129,16 +144,17 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 11)
+            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 12)
             continue
         rows.append([r.engine, r.batch_size, _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
                      _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3), _fmt(r.e2e_s_p90, 3),
                      _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0), _fmt(r.power_mean_w),
                      _fmt(r.energy_per_token_j, 4), _speedup(r.speedup_vs_baseline),
-                     _fmt(r.exact_match_rate, 2), _percent(r.bandwidth_fraction)])
+                     _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
+                     _percent(r.bandwidth_fraction)])
     headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
-               "of bandwidth"]
+               "first split", "of bandwidth"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

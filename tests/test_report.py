@@ -35,7 +35,8 @@ def provenance(time_utc: str = "2025-01-01T12:00:00+00:00") -> dict:
 def make_result(engine: str, batch: int, tps: float | None, *, model: str = MODEL, prompt_set: str = PS,
                 status: str = "ok", reason: str | None = None, ttft_s: float = 0.05, tpot_s: float = 0.02,
                 e2e_s: float = 0.7, gpu_memory_peak_mb: float | None = 2345.0, power_mean_w: float | None = 250.0,
-                energy_per_token_j: float | None = 0.125, exact_match_rate: float | None = None) -> dict:
+                energy_per_token_j: float | None = 0.125, exact_match_rate: float | None = None,
+                first_divergence: int | None = None) -> dict:
     """A result dict laid out as runner.run writes it (docs/result.schema.json): status ok with metric
     summaries whose medians are tps / ttft_s / tpot_s / e2e_s, or a not-run status with its reason."""
     settings = {"max_new_tokens": N_NEW, "repetitions": 3, "warmup": 1, "seed": 0, "device": "cuda",
@@ -82,7 +83,7 @@ def make_result(engine: str, batch: int, tps: float | None, *, model: str = MODE
         telemetry=tel, requests=requests, batches=batches)
     if exact_match_rate is not None:
         result["agreement"] = {"reference_engine": "baseline", "reference_batch_size": 1,
-                               "exact_match_rate": exact_match_rate, "first_divergence": None,
+                               "exact_match_rate": exact_match_rate, "first_divergence": first_divergence,
                                "first_divergence_per_prompt": []}
     return result
 
@@ -97,7 +98,8 @@ def standard_results() -> list[dict]:
         make_result("baseline", 4, 180.0, ttft_s=0.08, tpot_s=0.025, e2e_s=0.9),
         make_result("baseline", 8, 160.0, ttft_s=0.12, tpot_s=0.05, e2e_s=1.7),
         make_result("compiled", 1, 75.0, ttft_s=0.04, tpot_s=0.013, e2e_s=0.45),
-        make_result("compiled", 4, 270.0, ttft_s=0.06, tpot_s=0.015, e2e_s=0.55, exact_match_rate=0.75),
+        make_result("compiled", 4, 270.0, ttft_s=0.06, tpot_s=0.015, e2e_s=0.55, exact_match_rate=0.75,
+                    first_divergence=37),
         make_result("trtllm", 1, None, status="unavailable", reason=UNAVAILABLE_REASON),
     ]
 
@@ -246,6 +248,15 @@ def test_findings_engine_speedup_line(tmp_path):
     assert "median speedup 1.50x" in sp[0] and "over 2 cells" in sp[0]
 
 
+def test_findings_token_agreement_line_per_engine(tmp_path):
+    """The reference cell itself (baseline, batch 1) is not a comparison; compiled at batch 4 matched
+    3 of 4 prompts and parted at token 37."""
+    lines = findings(frame(tmp_path, standard_results()))
+    agree = [line for line in lines if "tokens against the reference" in line]
+    assert agree == ["`compiled` tokens against the reference (baseline, batch 1): exact on 75% of prompts over "
+                     "1 cell; where they part, at output token 37 at the earliest (median over cells 37)."]
+
+
 def test_findings_lists_unavailable_engine_with_reason(tmp_path):
     lines = findings(frame(tmp_path, standard_results()))
     na = [line for line in lines if line.startswith("`trtllm`")]
@@ -322,6 +333,9 @@ def test_markdown_table_figures_equal_result_medians(aggregated):
     assert md_row(tables, "compiled", 4)["speedup"] == "1.50x"
     assert md_row(tables, "baseline", 1)["speedup"] == "1.00x"
     assert float(md_row(tables, "compiled", 4)["token match"]) == pytest.approx(0.75)
+    assert md_row(tables, "compiled", 4)["first split"] == "37"
+    assert md_row(tables, "baseline", 1)["first split"] == "none"     # the reference: all tokens equal
+    assert md_row(tables, "compiled", 1)["first split"] == "n/a"      # no agreement recorded
 
 
 def test_markdown_unavailable_cell_shows_status_not_numbers(aggregated):
