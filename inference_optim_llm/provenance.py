@@ -19,6 +19,16 @@ def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def source_hash() -> str:
+    """sha256 of the package's own files (code and report template), 16 hex digits: which measuring code
+    ran, also where the checkout's git metadata does not describe the files (a copied working tree)."""
+    h = hashlib.sha256()
+    pkg = Path(inference_optim_llm.__file__).resolve().parent
+    for f in sorted(p for p in pkg.rglob("*") if p.suffix in (".py", ".j2") and "__pycache__" not in p.parts):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -88,6 +98,7 @@ def collect(effective_config: dict) -> dict:
         "transformers": transformers.__version__,
         "project": inference_optim_llm.__version__,
         "git_commit": git_commit(),
+        "source_hash": source_hash(),
         "config_hash": config_hash(effective_config),
         "time_utc": now_utc(),
         "slurm": slurm_info(),

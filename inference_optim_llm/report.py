@@ -198,7 +198,8 @@ def environment(results: list[dict]) -> list[tuple[str, str]]:
     return [("GPU", values("gpu_name")), ("GPU driver", values("driver")), ("CUDA (torch build)", values("cuda")),
             ("CPU", values("cpu")), ("host", values("host")), ("torch", values("torch")),
             ("transformers", values("transformers")), ("project", values("project")),
-            ("git commit", values("git_commit")), ("measured (UTC)", f"{times[0]} to {times[-1]}")]
+            ("git commit", values("git_commit")),
+            ("source hash", values("source_hash")), ("measured (UTC)", f"{times[0]} to {times[-1]}")]
 
 
 def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path,

@@ -90,6 +90,7 @@ def test_every_target_has_a_valid_result_with_exact_token_counts(run):
         assert r["token_check"] == {"requested": 6, "generated_min": 6, "generated_max": 6, "all_exact": True}
         assert all(q["output_tokens"] == 6 for q in r["requests"])
         assert r["provenance"]["git_commit"] and r["provenance"]["config_hash"]
+        assert re.fullmatch(r"[0-9a-f]{16}", r["provenance"]["source_hash"])
         # No GPU here: telemetry is null with a reason, never zero.
         assert r["telemetry"]["power_mean_w"] is None and "NVML" in r["telemetry"]["null_reasons"]["power_mean_w"]
         records = [json.loads(line) for line in
