@@ -4,9 +4,10 @@
 # wheels in .whl/, the synthetic models' directories in .carry/models, and the embedded model's GGUF
 # in two parts, one per call. Three calls, each right after the last (the machine stays warm 30 s):
 #   bash benchmarks/device_run.sh synthetic  # carry .whl .carry/gguf1 .carry/models: the two synthetic
-#                                            # shapes (the bar), then a kernel profile of each
+#                                            # shapes (the bar), then a kernel profile of each if done
 #   bash benchmarks/device_run.sh matrix     # carry .carry/gguf2: the whole matrix, started in the background
-#   bash benchmarks/device_run.sh wait       # follow it to the end; the report and results into $OUT
+#   bash benchmarks/device_run.sh wait       # follow it to the end, profile if not yet; results into $OUT
+# On an H100 (2026-11-28) the synthetic part took 8 min and the rest 20 min: 29 of 30 device minutes.
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
 STATE=results/device
@@ -41,6 +42,14 @@ pack() {  # $1: archive name
     2>/dev/null
   ls -la "$OUT"
 }
+profile() {  # the compiled decode step of each synthetic shape, kernel by kind, once (benchmarks/profile_step.py)
+  for m in 8b 1b; do
+    [ -f $STATE/profile-$m.json ] && continue
+    timeout 90 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
+      --artifact resources/engines/llama-$m/compiled --calibration results/calibration/bandwidth.json \
+      --out $STATE/profile-$m.json > $STATE/profile-$m.log 2>&1; tail -30 $STATE/profile-$m.log
+  done
+}
 SYN=(results/runs/llama-{1b,8b}/{baseline,compiled}/tok64/bs1.json)
 case "$1" in
 synthetic)
@@ -50,13 +59,7 @@ synthetic)
   start synthetic "${SYN[@]}"
   follow 420
   tail -5 $STATE/synthetic.log
-  if ! running; then
-    for m in 8b 1b; do
-      timeout 60 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
-        --artifact resources/engines/llama-$m/compiled --calibration results/calibration/bandwidth.json \
-        --out "$OUT/profile-$m.json" > "$STATE/profile-$m.log" 2>&1; tail -30 "$STATE/profile-$m.log"
-    done
-  fi
+  running || profile
   pack synthetic ;;
 matrix)
   if [ ! -f $GGUF ]; then
@@ -71,5 +74,6 @@ matrix)
 wait)
   follow "${2:-560}"
   tail -30 $STATE/matrix.log
+  running || profile
   pack results ;;
 esac
