@@ -201,8 +201,10 @@ def test_engines_key_runs_only_the_engines_it_names(tmp_path):
     """--config engines=[...] narrows the matrix (how the GPU machine without TensorRT-LLM runs it);
     a filter that leaves no cell is an error naming the key."""
     gpu = ["-n", "--configfile", str(REPO / "config" / "gpu.yaml"), "--forceall"]
-    proc = snakemake(REPO, *gpu, "--config", "engines=[baseline,compiled]")
+    proc = snakemake(REPO, *gpu, "-p", "--config", "engines=[baseline,compiled]")
     counts = job_counts(output(proc))
+    # the compiled build's cache key names the torch it was generated with
+    assert re.search(r'build-engine compiled --spec .*"torch_version": "\d', output(proc))
     assert counts["run_benchmark"] == 2 * 3 * 3 + 2 * 2
     assert counts["build_engine"] == 3          # compiled x 3 models, no TensorRT-LLM build
     assert "engine=trtllm" not in output(proc)

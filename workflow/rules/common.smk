@@ -153,7 +153,21 @@ def build_spec(wildcards):
         # TensorRT-LLM as installed where the workflow starts (None if absent): a build that could
         # not run (recorded as unavailable) is then never reused once TensorRT-LLM is installed.
         spec["installed_trtllm"] = installed_trtllm()
+    if wildcards.engine == "compiled":
+        # Part of the between-workflow cache key: generated kernels belong to one torch and one GPU
+        # (as seen where the workflow starts; inductor's own keys reject a mismatch, at compile cost).
+        spec["torch_version"] = installed_torch()
+        spec["compute_capability"] = detected_compute_capability()
     return json.dumps(spec, sort_keys=True)
+
+
+def installed_torch():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
 
 
 def installed_trtllm():
