@@ -2,11 +2,11 @@
 # Runs the GPU matrix (config/gpu.yaml, engines baseline and compiled) on the lent GPU machine, which has
 # torch and transformers but no network and no snakemake. What travels (64 MiB a call at most): the
 # wheels in .whl/, the synthetic models' directories in .carry/models, and the embedded model's GGUF
-# in two parts, one per call. Three calls, each right after the last (the machine stays warm 30 s):
+# in two parts, one per call. Three calls or more, each right after the last (the machine stays warm 30 s):
 #   bash benchmarks/device_run.sh synthetic  # carry .whl .carry/gguf1 .carry/models: the two synthetic
 #                                            # shapes (the bar), then a kernel profile of each if done
 #   bash benchmarks/device_run.sh matrix     # carry .carry/gguf2: the whole matrix, started in the background
-#   bash benchmarks/device_run.sh wait       # follow it to the end, profile if not yet; results into $OUT
+#   bash benchmarks/device_run.sh wait       # follow it (again while it runs), profile once done; into $OUT
 # On an H100 (2026-11-28) the synthetic part took 8 min and the rest 20 min: 29 of 30 device minutes.
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
@@ -43,7 +43,7 @@ pack() {  # $1: archive name
   ls -la "$OUT"
 }
 profile() {  # the compiled decode step of each synthetic shape, kernel by kind, once (benchmarks/profile_step.py)
-  for m in 8b 1b; do
+  for m in 8b 1b; do   # at most 2 x 90 s: the calls above leave room for it inside 600 s
     [ -f $STATE/profile-$m.json ] && continue
     timeout 90 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
       --artifact resources/engines/llama-$m/compiled --calibration results/calibration/bandwidth.json \
@@ -57,10 +57,10 @@ synthetic)
   for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$STATE/gpu.csv"
   start synthetic "${SYN[@]}"
-  follow 420
+  follow 380
   tail -5 $STATE/synthetic.log
-  running || profile
-  pack synthetic ;;
+  pack synthetic
+  running || { profile; pack synthetic; } ;;
 matrix)
   if [ ! -f $GGUF ]; then
     [ -n "$(ls resources/downloads/parts/)" ] || { echo "part 1 of the GGUF is not here: the machine was not warm"; exit 3; }
@@ -72,8 +72,8 @@ matrix)
   follow 540
   pack matrix ;;
 wait)
-  follow "${2:-560}"
+  follow "${2:-380}"
   tail -30 $STATE/matrix.log
-  running || profile
-  pack results ;;
+  pack results
+  running || { profile; pack results; } ;;
 esac

@@ -63,10 +63,15 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
         log(f"compiled batch {batch}, cache {L}: {status}, {time.perf_counter() - t:.1f} s")
         return {"batch_size": batch, "cache_len": L, "status": status, "compile_s": time.perf_counter() - t}
 
-    workers = workers or 1
+    workers = max(1, min(workers or 1, len(shapes)))
     t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(shapes)))) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(compile_shape, sorted(shapes.items())))
+    if workers > 1:  # out of memory beside other compiling processes is not out of memory alone: retry alone
+        for i, d in enumerate(done):
+            if d["status"] == "oom":
+                log(f"batch {d['batch_size']}, cache {d['cache_len']}: out of memory beside other shapes; again alone")
+                done[i] = compile_shape(((d["batch_size"], d["cache_len"]), shapes[d["batch_size"], d["cache_len"]]))
     return {"engine": "compiled", "device": device, "dtype": resolve_dtype(spec["dtype"], device),
             "torch": torch.__version__, "shapes": done, "workers": workers,
             "build_s": time.perf_counter() - t,

@@ -104,10 +104,11 @@ def findings(df) -> list[str]:
             out.append(f"`{engine}` against `{REFERENCE_ENGINE}` at equal batch size: median speedup "
                        f"{s.median():.2f}x (from {s.min():.2f}x to {s.max():.2f}x over {len(s)} cells).")
     compared = ok[ok.exact_match_rate.notna() & ~((ok.engine == REFERENCE_ENGINE) & (ok.batch_size == 1))]
-    for engine, g in compared.groupby("engine"):
+    for (model, engine), g in compared.groupby(["model", "engine"], sort=True):
         splits = g.first_divergence.dropna()
-        line = (f"`{engine}` tokens against the reference ({REFERENCE_ENGINE}, batch 1): exact on "
-                f"{g.exact_match_rate.mean():.0%} of prompts over {len(g)} cell{'s' * (len(g) != 1)}")
+        line = (f"`{model}` / `{engine}` tokens against the reference ({REFERENCE_ENGINE}, batch 1): share of "
+                f"prompts exactly equal {g.exact_match_rate.mean():.0%} (mean over {len(g)} "
+                f"cell{'s' * (len(g) != 1)})")
         line += (f"; where they part, at output token {int(splits.min())} at the earliest "
                  f"(median over cells {splits.median():.0f})." if not splits.empty else ".")
         out.append(line)

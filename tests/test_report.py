@@ -253,8 +253,9 @@ def test_findings_token_agreement_line_per_engine(tmp_path):
     3 of 4 prompts and parted at token 37."""
     lines = findings(frame(tmp_path, standard_results()))
     agree = [line for line in lines if "tokens against the reference" in line]
-    assert agree == ["`compiled` tokens against the reference (baseline, batch 1): exact on 75% of prompts over "
-                     "1 cell; where they part, at output token 37 at the earliest (median over cells 37)."]
+    assert agree == [f"`{MODEL}` / `compiled` tokens against the reference (baseline, batch 1): share of prompts "
+                     "exactly equal 75% (mean over 1 cell); where they part, at output token 37 at the earliest "
+                     "(median over cells 37)."]
 
 
 def test_findings_lists_unavailable_engine_with_reason(tmp_path):

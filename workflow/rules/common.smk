@@ -24,12 +24,12 @@ def _check_config():
                         f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
                         f"(defined: {', '.join(known)})"
                     )
-    if config.get("engines") is not None and not cells():
-        in_matrix = sorted({e for block in config["matrix"] for e in block["engines"]})
-        raise ValueError(
-            f"config engines: {config['engines']} leaves no cell of the matrix "
-            f"(its engines: {', '.join(in_matrix)})"
-        )
+    in_matrix = sorted({e for block in config["matrix"] for e in block["engines"]})
+    for name in config.get("engines") or []:
+        if name not in in_matrix:
+            raise ValueError(
+                f"config engines: {name!r} is not an engine of the matrix (its engines: {', '.join(in_matrix)})"
+            )
     used_sets = {p for block in config["matrix"] for p in block["prompt_sets"]}
     for name, spec in config["prompt_sets"].items():
         if "file" in spec and name in used_sets:
@@ -70,13 +70,15 @@ def all_results():
     return [result_path(*c) for c in cells()]
 
 
-def engine_result_paths(engine):
-    """One engine's targets; an engine absent from the matrix gets the matrix's cells, so that
+def engine_cells(engine):
+    """One engine's cells; an engine absent from the (selected) matrix gets the matrix's cells, so that
     `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
     mine = [c for c in cells() if c[1] == engine]
-    if not mine:
-        mine = sorted({(m, engine, p, b) for m, _, p, b in cells()})
-    return [result_path(*c) for c in mine]
+    return mine or sorted({(m, engine, p, b) for m, _, p, b in cells()})
+
+
+def engine_result_paths(engine):
+    return [result_path(*c) for c in engine_cells(engine)]
 
 
 def engine_results(wildcards):
@@ -133,7 +135,7 @@ def calibration_flag(wildcards):
 
 def build_spec(wildcards):
     """What changes the artifact: the model, the shapes the matrix uses with it, dtype, device, options."""
-    mine = [c for c in cells() if c[0] == wildcards.model and c[1] == wildcards.engine]
+    mine = [c for c in engine_cells(wildcards.engine) if c[0] == wildcards.model]
     spec = {
         "model_dir": f"resources/models/{wildcards.model}",
         "batch_sizes": sorted({c[3] for c in mine}),
@@ -190,7 +192,7 @@ def detected_compute_capability():
 
 
 def build_prompt_inputs(wildcards):
-    mine = {c[2] for c in cells() if c[0] == wildcards.model and c[1] == wildcards.engine}
+    mine = {c[2] for c in engine_cells(wildcards.engine) if c[0] == wildcards.model}
     return [config["prompt_sets"][p]["file"] for p in sorted(mine) if "file" in config["prompt_sets"][p]]
 
 
