@@ -60,18 +60,20 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
             if not mentions_out_of_memory(proc.stderr):
                 raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.returncode})")
             status = "oom"  # this shape does not fit: its benchmark job records the OOM, the rest go on
-        log(f"compiled batch {batch}, cache {L}: {status}, {time.perf_counter() - t:.1f} s")
-        return {"batch_size": batch, "cache_len": L, "status": status, "compile_s": time.perf_counter() - t}
+        compile_s = time.perf_counter() - t
+        log(f"compiled batch {batch}, cache {L}: {status}, {compile_s:.1f} s")
+        return {"batch_size": batch, "cache_len": L, "status": status, "compile_s": compile_s}
 
-    workers = max(1, min(workers or 1, len(shapes)))
+    items = sorted(shapes.items())
+    workers = max(1, min(workers or 1, len(items)))
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(compile_shape, sorted(shapes.items())))
+        done = list(pool.map(compile_shape, items))
     if workers > 1:  # out of memory beside other compiling processes is not out of memory alone: retry alone
-        for i, d in enumerate(done):
-            if d["status"] == "oom":
-                log(f"batch {d['batch_size']}, cache {d['cache_len']}: out of memory beside other shapes; again alone")
-                done[i] = compile_shape(((d["batch_size"], d["cache_len"]), shapes[d["batch_size"], d["cache_len"]]))
+        for i, item in enumerate(items):
+            if done[i]["status"] == "oom":
+                log(f"batch {item[0][0]}, cache {item[0][1]}: out of memory beside other shapes; again alone")
+                done[i] = compile_shape(item)
     return {"engine": "compiled", "device": device, "dtype": resolve_dtype(spec["dtype"], device),
             "torch": torch.__version__, "shapes": done, "workers": workers,
             "build_s": time.perf_counter() - t,

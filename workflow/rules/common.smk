@@ -2,6 +2,7 @@
 import json
 import re
 import shlex
+from functools import cache
 from itertools import product
 from pathlib import Path
 
@@ -163,6 +164,7 @@ def build_spec(wildcards):
     return json.dumps(spec, sort_keys=True)
 
 
+@cache  # host facts for the build keys: read once, not once per job
 def installed_torch():
     from importlib.metadata import PackageNotFoundError, version
 
@@ -172,12 +174,14 @@ def installed_torch():
         return None
 
 
+@cache
 def installed_trtllm():
     from inference_optim_llm.trtllm_build import installed_version
 
     return installed_version()
 
 
+@cache
 def detected_compute_capability():
     """This host's GPU compute capability through NVML, or None (a login node without GPU: then set
     engine_options.trtllm.compute_capability so the cache key names the GPU the jobs will use)."""
