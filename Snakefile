@@ -1,13 +1,16 @@
 # Inference-Optim-LLM: set-up and targets only. The stages are in workflow/rules/, helpers in common.smk.
 from snakemake.utils import min_version, validate
 
+from inference_optim_llm.bounds import CONFIG_SCHEMA
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema ships with the package (inference_optim_llm/schemas/): the CLI checks its flags against it too.
+validate(config, str(CONFIG_SCHEMA))
 
 
 include: "workflow/rules/common.smk"

@@ -76,6 +76,9 @@ def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mea
     context = prompt_tokens_mean + max_new_tokens / 2        # mean context length over the decode steps
     out["kv_bytes_per_step"] = int(kv * context * batch_size)
     out["bytes_per_step"] = w + out["kv_bytes_per_step"]
+    if max_new_tokens < 2:
+        out["reason"] = "no decode step: max_new_tokens is 1, only the prefill ran"
+        return out
     if not tpot_s:
         out["reason"] = "no per-token time (timing off)"
         return out

@@ -9,19 +9,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from inference_optim_llm.runner import log, mentions_out_of_memory, resolve_device, resolve_dtype
+from inference_optim_llm import io
+from inference_optim_llm.runner import check_context, log, mentions_out_of_memory, resolve_device, resolve_dtype
 
 
 def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
-    """The (batch size, longest prompt) pairs the benchmark jobs of this model will compile."""
+    """The (batch size, longest prompt) pairs the benchmark jobs of this model will compile. Every
+    prompt set is checked against the model's context first: no compile time spent on a shape that
+    its benchmark job would refuse."""
     from inference_optim_llm.prompts import load_prompt_set
 
-    longest = {max(map(len, load_prompt_set(n, p, tokenizer, spec["seed"]).token_ids))
-               for n, p in spec["prompt_sets"].items()}
+    longest = set()
+    for name, prompt_spec in spec["prompt_sets"].items():
+        ps = load_prompt_set(name, prompt_spec, tokenizer, spec["seed"])
+        check_context(ps, spec["max_new_tokens"], spec["model_dir"])
+        longest.add(max(map(len, ps.token_ids)))
     return sorted({(b, p) for b in spec["batch_sizes"] for p in longest})
 
 
@@ -42,22 +47,29 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     from inference_optim_llm.models import load_tokenizer
 
     device = resolve_device(spec["device"])
-    tok = load_tokenizer(Path(spec["model_dir"]))
+    tok = load_tokenizer(Path(spec["model_dir"]), spec.get("trust_remote_code", False))
     shapes = {}
     for batch, longest in compiled_shapes(spec, tok):
         shapes.setdefault((batch, cache_len(longest, spec["max_new_tokens"])), longest)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(out_dir).resolve() / INDUCTOR_DIR)}
+
+    running: set[subprocess.Popen] = set()
 
     def compile_shape(shape):
         (batch, L), longest = shape
         t = time.perf_counter()
         cmd = [sys.executable, "-m", "inference_optim_llm", "build-engine", "compiled", "--spec", json.dumps(spec),
                "--out", str(out_dir), "--shape", f"{batch},{longest}"]
-        proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        sys.stderr.write(f"--- batch {batch}, cache {L} ---\n{proc.stderr}")
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        running.add(proc)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            running.discard(proc)
+        sys.stderr.write(f"--- batch {batch}, cache {L} ---\n{stderr}")
         status = "ok"
         if proc.returncode != 0:
-            if not mentions_out_of_memory(proc.stderr):
+            if not mentions_out_of_memory(stderr):
                 raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.returncode})")
             status = "oom"  # this shape does not fit: its benchmark job records the OOM, the rest go on
         compile_s = time.perf_counter() - t
@@ -67,8 +79,15 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     items = sorted(shapes.items())
     workers = max(1, min(workers or 1, len(items)))
     t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         done = list(pool.map(compile_shape, items))
+    except BaseException:   # interrupted (SIGTERM, Ctrl-C) or failed: stop the other compiling processes
+        for proc in list(running):
+            proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if workers > 1:  # out of memory beside other compiling processes is not out of memory alone: retry alone
         for i, item in enumerate(items):
             if done[i]["status"] == "oom":
@@ -87,11 +106,12 @@ def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> No
     from inference_optim_llm.models import load_tokenizer
 
     device = resolve_device(spec["device"])
-    tok = load_tokenizer(Path(spec["model_dir"]))
+    trust = spec.get("trust_remote_code", False)
+    tok = load_tokenizer(Path(spec["model_dir"]), trust)
     engine = CompiledEngine(EngineSettings(model_dir=Path(spec["model_dir"]), device=device,
                                            dtype=resolve_dtype(spec["dtype"], device), max_batch_size=batch,
                                            max_input_len=longest, max_new_tokens=spec["max_new_tokens"],
-                                           options=spec.get("engine_options", {})))
+                                           options=spec.get("engine_options", {}), trust_remote_code=trust))
     engine.load()
     # The full output length: the step reads its token from the output buffer, whose stride (the
     # length) is part of the compiled graph's cache key.
@@ -100,10 +120,14 @@ def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> No
 
 
 def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) -> None:
-    """Build into a temporary directory beside out_dir, then rename: never a half-built artifact."""
+    """Build into a temporary directory beside out_dir, then rename: never a half-built artifact, and
+    never over a directory this tool did not make."""
+    from inference_optim_llm.engines import check_options
+
+    check_options(engine, spec.get("engine_options", {}))
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    io.check_replaceable(out_dir, "engine artifact")
+    tmp = io.make_temp_dir(out_dir)
     try:
         if engine == "compiled":
             info = build_compiled(spec, tmp, workers)
@@ -113,11 +137,8 @@ def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) ->
         else:
             raise ValueError(f"engine {engine!r} has no build step")
         info["spec"] = spec
-        (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        io.write_json(tmp / "build_info.json", info)
+        io.publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

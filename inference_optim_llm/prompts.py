@@ -1,6 +1,7 @@
 """Prompt sets: a text file (one prompt per line) or random token ids of an exact length."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,20 +15,66 @@ class PromptSet:
     name: str
     texts: list[str]             # what the JSONL records show as `prompt`
     token_ids: list[list[int]]   # what the engines receive
+    notes: dict | None = None    # file sets: read_prompt_file_with_notes' counts + limit_applied
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
+# Characters str.splitlines() would break on besides "\n": kept inside a prompt, only counted.
+_LINE_BREAKS = frozenset("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Format characters (zero-width space/joiners, BOM, word joiner), spaces, separators, controls.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp", "Cc"})
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+
+
+def read_prompt_file_with_notes(path: str | Path) -> tuple[list[str], dict]:
+    """The file's prompts and counts of what was dropped or changed, for the caller to log/record.
+
+    Lines are split on "\\n" only (not str.splitlines(), whose universal newlines would cut one
+    prompt in two at U+2028, NEL, form feed, a lone CR, ...); a "\\r\\n" ending counts as "\\n".
+    A leading BOM is removed. Lines of only whitespace (str.isspace, NBSP included) count as blank;
+    lines of only invisible characters with at least one non-whitespace one (a zero-width space)
+    count as invisible: those are the ones that used to become invisible prompts. Both are dropped;
+    kept lines lose leading and trailing invisible characters."""
     path = Path(path)
     if not path.is_file():
         raise PromptError(f"prompt file {path} does not exist")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")   # bytes: read_text would translate lone CRs
     except UnicodeDecodeError as e:
         raise PromptError(f"prompt file {path} is not UTF-8 text ({e})") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    notes = dict.fromkeys(["lines", "prompts", "bom_removed", "crlf_line_endings", "dropped_blank",
+                           "dropped_invisible", "stripped", "inner_separators"], 0)
+    if text.startswith("\ufeff"):
+        text, notes["bom_removed"] = text[1:], 1
+    notes["crlf_line_endings"] = text.count("\r\n")
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":          # text after the last "\n": empty when the file ends in a newline
+        lines.pop()
+    notes["lines"] = len(lines)
+    prompts = []
+    for line in lines:
+        if not line.strip():
+            notes["dropped_blank"] += 1
+        elif all(map(_invisible, line)):
+            notes["dropped_invisible"] += 1
+        else:
+            start = next(i for i, ch in enumerate(line) if not _invisible(ch))
+            end = len(line) - next(i for i, ch in enumerate(reversed(line)) if not _invisible(ch))
+            prompt = line[start:end]
+            notes["stripped"] += prompt != line
+            notes["inner_separators"] += any(ch in _LINE_BREAKS for ch in prompt)
+            prompts.append(prompt)
     if not prompts:
         raise PromptError(f"prompt file {path} holds no prompts (one prompt per non-empty line)")
-    return prompts
+    notes["prompts"] = len(prompts)
+    return prompts, notes
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """The prompts of read_prompt_file_with_notes, for callers that only check or use the texts."""
+    return read_prompt_file_with_notes(path)[0]
 
 
 def random_token_ids(length: int, count: int, vocab_size: int, seed: int,
@@ -45,9 +92,10 @@ def random_token_ids(length: int, count: int, vocab_size: int, seed: int,
 def load_prompt_set(name: str, spec: dict, tokenizer, seed: int) -> PromptSet:
     """spec is the config's `prompt_sets.<name>`: {file: path[, limit: N]} or {tokens: N, count: C}."""
     if "file" in spec:
-        texts = read_prompt_file(spec["file"])[: spec.get("limit")]
-        ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-        return PromptSet(name, texts, ids)
+        texts, notes = read_prompt_file_with_notes(spec["file"])
+        kept = texts[: spec.get("limit")]
+        ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in kept]
+        return PromptSet(name, kept, ids, {**notes, "limit_applied": len(texts) - len(kept)})
     exclude = set(tokenizer.all_special_ids)
     ids = random_token_ids(int(spec["tokens"]), int(spec.get("count", 8)), len(tokenizer), seed, exclude)
     return PromptSet(name, [f"<{len(i)} random token ids>" for i in ids], ids)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 
-from inference_optim_llm.io import write_atomic
+from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_SCHEMA = REPO / "docs" / "result.schema.json"
@@ -51,6 +51,9 @@ def row(result: dict, path: Path) -> dict:
         "status": result["status"], "reason": result["reason"],
         "device": result["settings"]["device"], "dtype": result["settings"]["dtype"],
         "max_new_tokens": result["settings"]["max_new_tokens"],
+        "decode_steps": result.get("decode_steps_per_request", result["settings"]["max_new_tokens"] - 1),
+        "padding_requests": (result["settings"].get("padding") or {}).get("padding_requests_per_repetition", 0),
+        "prompts": result["settings"].get("prompts"),
         "prompt_tokens_mean": result["settings"].get("prompt_tokens_mean"),
         "output_tokens_per_s": _med(m, "output_tokens_per_s"),
         "requests_per_s": _med(m, "requests_per_s"),
@@ -79,9 +82,11 @@ def build_frame(results: list[tuple[Path, dict]]):
     df = df.sort_values(["model", "prompt_set", "engine", "batch_size"]).reset_index(drop=True)
     base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
         ["model", "prompt_set", "batch_size"])["output_tokens_per_s"]
+    # No speedup where no decode step ran (max_new_tokens 1): the figure would compare prefills only.
     df["speedup_vs_baseline"] = [
         (r.output_tokens_per_s / base[(r.model, r.prompt_set, r.batch_size)])
-        if r.status == "ok" and (r.model, r.prompt_set, r.batch_size) in base.index else None
+        if r.status == "ok" and r.decode_steps > 0 and (r.model, r.prompt_set, r.batch_size) in base.index
+        else None
         for r in df.itertuples()]
     return df
 
@@ -112,6 +117,13 @@ def findings(df) -> list[str]:
         line += (f"; where they part, at output token {int(splits.min())} at the earliest "
                  f"(median over cells {splits.median():.0f})." if not splits.empty else ".")
         out.append(line)
+    for r in ok[ok.decode_steps == 0].itertuples():
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}: max_new_tokens is 1, "
+                   "so no decode step ran (only the prefill): no TPOT, no bandwidth fraction, no speedup.")
+    for r in ok[ok.padding_requests > 0].itertuples():
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}: {r.prompts} prompts do "
+                   f"not fill whole batches, so each repetition's last batch repeats {r.padding_requests} of the "
+                   "first prompts; they count in throughput, not in the per-request figures (TTFT, TPOT, e2e).")
     for r in df[df.status != "ok"].itertuples():
         out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size} was not run: "
                    f"{r.status} ({r.reason}).")
@@ -184,10 +196,13 @@ def plots(df, plots_dir: Path) -> list[Path]:
         a1.legend(), a2.legend()
         fig.tight_layout()
         path = plots_dir / f"{model}__{ps}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
+        tmp = temp_path(path)   # names come from validated result files (no '/', no '..')
+        try:
+            fig.savefig(tmp, dpi=100, format="png")
+            tmp.replace(path)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
         made.append(path)
     return made
 
@@ -207,6 +222,9 @@ def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path
               calibration: list[Path] = (), title: str = "Benchmark results") -> None:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    for path, flag in ((out_md, "--out-md"), (out_csv, "--out-csv")):
+        check_writable(path, flag)
+    check_writable_dir(plots_dir, "--plots-dir")
     results = [(p, load_result(p)) for p in paths]   # every file is validated before anything is written
     df = build_frame(results)
     made = plots(df, plots_dir)

@@ -3,14 +3,16 @@ check every request's token count, and return one result (plain data, docs/resul
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_optim_llm import bandwidth, metrics, provenance
-from inference_optim_llm.engines import EngineSettings, EngineUnavailable, engine_class
-from inference_optim_llm.models import load_tokenizer, model_facts
+from inference_optim_llm import bandwidth, bounds, metrics, provenance
+from inference_optim_llm.engines import ENGINES, EngineSettings, EngineUnavailable, check_options, engine_class
+from inference_optim_llm.intermediates import check_reference, read_calibration, read_reference
+from inference_optim_llm.models import check_name, load_tokenizer, model_facts
 from inference_optim_llm.prompts import PromptSet, batches, load_prompt_set
 from inference_optim_llm.telemetry import NvmlSampler, unavailable
 
@@ -40,15 +42,28 @@ class BenchSpec:
     artifact_dir: str | None = None
     reference: str | None = None      # reference tokens file, for token agreement
     calibration: str | None = None    # measured bandwidth file (calibrate), for the limit
+    trust_remote_code: bool = False   # the config's models.<name>.trust_remote_code, for this run
 
     def __post_init__(self):
-        for key in ("batch_size", "max_new_tokens", "repetitions"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be a positive integer (got {getattr(self, key)!r})")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative integer (got {self.warmup!r})")
-        if not 0 < self.telemetry_interval_s <= 1:
-            raise ValueError(f"telemetry_interval_s must be in (0, 1] (got {self.telemetry_interval_s})")
+        """The same bounds as the configuration schema (bounds.py), so the CLI's `run` and `bench` accept
+        what a config accepts and nothing else."""
+        check_name(self.model)
+        check_name(self.prompt_set, "prompt set name")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: unknown engine {self.engine!r} (available: {', '.join(ENGINES)})")
+        bounds.check("$defs.batch_size", self.batch_size, "batch_size")
+        for key in ("max_new_tokens", "repetitions", "warmup", "seed", "telemetry_interval_s", "dtype"):
+            bounds.check(f"benchmark.{key}", getattr(self, key), key)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", self.device):
+            raise DeviceError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if "file" in self.prompt_spec:
+            bounds.check("$defs.prompt_limit", self.prompt_spec.get("limit", 1), "prompt limit")
+        else:
+            bounds.check("$defs.prompt_tokens", self.prompt_spec.get("tokens"), "prompt tokens")
+            bounds.check("$defs.prompt_count", self.prompt_spec.get("count", 16), "prompt count")
+        check_options(self.engine, self.engine_options)
+        if not isinstance(self.trust_remote_code, bool):
+            raise ValueError(f"trust_remote_code: {self.trust_remote_code!r} is not a boolean")
 
     @classmethod
     def from_json(cls, text: str) -> "BenchSpec":
@@ -59,12 +74,22 @@ class BenchSpec:
         return cls(**data)
 
 
+class DeviceError(ValueError):
+    """A device that is not there: bad input, reported in one line before any work."""
+
+
 def resolve_device(device: str) -> str:
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", device):
+        raise DeviceError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
     import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineUnavailable("device 'cuda' requested but torch sees no CUDA GPU")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: torch sees no CUDA GPU here (use --device cpu or auto)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 
@@ -87,13 +112,27 @@ def check_context(ps: PromptSet, max_new_tokens: int, model_dir: str) -> None:
 
 
 def prepare(spec: BenchSpec) -> tuple[str, str, PromptSet]:
-    """Device, dtype and the tokenized prompt set, checked against the model's context: the cheap
-    checks that fail before any model is loaded."""
+    """Device, dtype, the tokenized prompt set checked against the model's context, and the
+    intermediates this target reads: the cheap checks that fail before any model is loaded."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, load_tokenizer(Path(spec.model_dir)), spec.seed)
+    tokenizer = load_tokenizer(Path(spec.model_dir), spec.trust_remote_code)
+    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tokenizer, spec.seed)
+    if ps.notes:
+        log(f"prompt file {spec.prompt_spec['file']}: {describe_notes(ps.notes)}")
     check_context(ps, spec.max_new_tokens, spec.model_dir)
+    if spec.calibration:
+        read_calibration(spec.calibration)
+    if spec.reference:
+        read_reference(spec.reference, spec.max_new_tokens, len(ps.token_ids))
     return device, dtype, ps
+
+
+def describe_notes(notes: dict) -> str:
+    """What reading a prompt file dropped or changed, in words (nothing hidden)."""
+    said = {k: v for k, v in notes.items() if k not in ("lines", "prompts") and v}
+    return (f"{notes['prompts']} prompts from {notes['lines']} lines"
+            + (", " + ", ".join(f"{k} {v}" for k, v in said.items()) if said else ", nothing dropped or changed"))
 
 
 def base_result(spec: BenchSpec, device: str, dtype: str) -> dict:
@@ -121,12 +160,16 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
     result = base_result(spec, device, dtype)
     result["settings"]["prompt_tokens_mean"] = sum(map(len, ps.token_ids)) / len(ps.token_ids)
     result["settings"]["prompts"] = len(ps.token_ids)
+    if ps.notes is not None:
+        result["settings"]["prompt_file"] = ps.notes
+    result["settings"]["padding"] = padding(len(ps.token_ids), spec.batch_size)
 
     settings = EngineSettings(
         model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=spec.batch_size,
         max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens, seed=spec.seed,
         record_token_times=spec.record_token_times, options=spec.engine_options,
-        artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None)
+        artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
+        trust_remote_code=spec.trust_remote_code)
     torch.manual_seed(spec.seed)
     engine = engine_class(spec.engine)(settings)
     try:
@@ -149,14 +192,16 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
         except Exception as e:  # never hide the original error behind a failed clean-up
             log(f"engine close failed: {e}")
     result.update(measured["result"])
-    calib = json.loads(Path(spec.calibration).read_text()) if spec.calibration else None
+    calib = read_calibration(spec.calibration) if spec.calibration else None
     result["bandwidth"] = bandwidth.decode_bandwidth(
         result["model"], dtype, spec.batch_size, result["settings"]["prompt_tokens_mean"], spec.max_new_tokens,
         result["metrics"]["tpot_s"]["median"], calib, result["provenance"]["gpu_name"])
-    if getattr(engine, "cache_loaded", None) is not None:
+    # With one new token there is no decode step: nothing compiled ran, no decode figure exists.
+    result["decode_steps_per_request"] = spec.max_new_tokens - 1
+    if getattr(engine, "cache_loaded", None) is not None and spec.max_new_tokens > 1:
         result["compile_cache_loaded"] = engine.cache_loaded
     if spec.reference:
-        ref = json.loads(Path(spec.reference).read_text())
+        ref = read_reference(spec.reference, spec.max_new_tokens, len(ps.token_ids))
         result["agreement"] = {"reference_engine": ref["engine"], "reference_batch_size": ref["batch_size"],
                                **metrics.token_agreement(measured["first_outputs"], ref["tokens"])}
     return result, measured["records"]
@@ -193,6 +238,17 @@ def _not_run(result: dict, status: str, reason: str) -> dict:
     return result
 
 
+def padding(n_prompts: int, batch_size: int) -> dict:
+    """Static batches are always full: when the batch size does not divide the prompt set, the last
+    batch is filled with the first prompts again. Those padding requests run (the batch's throughput
+    counts them, as the hardware did the work) but are left out of the per-request statistics, so no
+    prompt weighs twice in TTFT, TPOT or latency."""
+    plan = batches(n_prompts, batch_size)
+    padded = sum(len(b) for b in plan) - n_prompts
+    return {"batches_per_repetition": len(plan), "padding_requests_per_repetition": padded,
+            "padding_prompt_indices": plan[-1][len(plan[-1]) - padded:] if padded else []}
+
+
 def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
     plan = batches(len(ps.token_ids), spec.batch_size)
     N = spec.max_new_tokens
@@ -223,7 +279,7 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
                     rt = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
                     requests.append({"repetition": rep, "batch": b, "prompt_index": i,
                                      "prompt_tokens": len(ps.token_ids[i]), **vars(rt),
-                                     "tps": rt.tps})
+                                     "tps": rt.tps, "padding": b * spec.batch_size + j >= len(ps.token_ids)})
                 log(f"rep {rep + 1}/{spec.repetitions} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
                     f"{N * len(idx) / out.e2e_s:.1f} output tokens/s")
     tel = sampler.report.as_dict()
@@ -239,12 +295,15 @@ def _measure(engine, spec: BenchSpec, ps: PromptSet) -> dict:
     for r in requests:
         records.append({"prompt": ps.texts[r["prompt_index"]], "latency": r["e2e_s"], "tokens": r["output_tokens"],
                         "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"], "tps": r["tps"],
-                        "ttft": r["ttft_s"], "engine": spec.engine, "batch_size": spec.batch_size})
+                        "ttft": r["ttft_s"], "engine": spec.engine, "batch_size": spec.batch_size,
+                        "padding": r["padding"]})
+    counted = [r for r in requests if not r["padding"]]   # each prompt once per repetition
     result = {
         "warmup_s": warmup_s,
         "token_check": {"requested": N, "generated_min": min(r["output_tokens"] for r in requests),
-                        "generated_max": max(r["output_tokens"] for r in requests), "all_exact": True},
-        "metrics": metrics.aggregate(requests, batch_rows),
+                        "generated_max": max(r["output_tokens"] for r in requests),
+                        "all_exact": all(r["output_tokens"] == N for r in requests)},
+        "metrics": metrics.aggregate(counted, batch_rows),
         "telemetry": tel,
         "requests": requests,
         "batches": batch_rows,
@@ -258,7 +317,7 @@ def reference_tokens(spec: BenchSpec) -> dict:
     device, dtype, ps = prepare(spec)
     settings = EngineSettings(model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=1,
                               max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens,
-                              record_token_times=False)
+                              record_token_times=False, trust_remote_code=spec.trust_remote_code)
     engine = engine_class("baseline")(settings)
     engine.load()
     tokens = []
@@ -267,5 +326,7 @@ def reference_tokens(spec: BenchSpec) -> dict:
         metrics.check_token_counts(out.tokens, spec.max_new_tokens)
         tokens.append(out.tokens[0])
         log(f"reference {k + 1}/{len(ps.token_ids)}")
-    return {"engine": "baseline", "batch_size": 1, "device": device, "dtype": dtype,
-            "max_new_tokens": spec.max_new_tokens, "tokens": tokens}
+    engine.close()
+    ref = {"engine": "baseline", "batch_size": 1, "device": device, "dtype": dtype,
+           "max_new_tokens": spec.max_new_tokens, "tokens": tokens}
+    return check_reference(ref, "reference", spec.max_new_tokens, len(ps.token_ids))  # checked as it will be read

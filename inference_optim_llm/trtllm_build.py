@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inference_optim_llm import io
 from inference_optim_llm.engines.base import EngineUnavailable
 
 DTYPES = ("bfloat16", "float16", "float32")  # TensorRT-LLM takes the same strings (builder.py precisions)
@@ -213,9 +213,7 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
     from tensorrt_llm._tensorrt_engine import LLM
     from tensorrt_llm.llmapi import BuildConfig
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = io.make_temp_dir(out_dir)
     try:
         build_config = BuildConfig(max_batch_size=settings["max_batch_size"],
                                    max_input_len=settings["max_input_len"],
@@ -226,11 +224,13 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
             llm.save(str(tmp))
         finally:
             llm.shutdown()
-        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    finally:
+        io.write_atomic(tmp / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+            out_dir.rmdir()   # the empty directory build.build() made for it
+        io.publish_dir(tmp, out_dir)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 UNAVAILABLE_FILE = "UNAVAILABLE.json"
@@ -244,9 +244,13 @@ def build_for_spec(spec: dict, out_dir: Path) -> dict:
     from inference_optim_llm.prompts import load_prompt_set
 
     model_dir = Path(spec["model_dir"])
-    tok = load_tokenizer(model_dir)
-    longest = max(max(map(len, load_prompt_set(n, p, tok, spec["seed"]).token_ids))
-                  for n, p in spec["prompt_sets"].items())
+    tok = load_tokenizer(model_dir, spec.get("trust_remote_code", False))
+    from inference_optim_llm.runner import check_context
+
+    sets = [load_prompt_set(n, p, tok, spec["seed"]) for n, p in spec["prompt_sets"].items()]
+    for ps in sets:   # before any build work
+        check_context(ps, spec["max_new_tokens"], model_dir)
+    longest = max(max(map(len, ps.token_ids)) for ps in sets)
     dtype = "bfloat16" if spec["dtype"] == "auto" else spec["dtype"]
     settings = build_settings(json.loads((model_dir / "config.json").read_text()), dtype=dtype,
                               max_batch_size=max(spec["batch_sizes"]), max_input_len=longest,
@@ -258,8 +262,7 @@ def build_for_spec(spec: dict, out_dir: Path) -> dict:
     except EngineUnavailable as e:
         if spec.get("strict"):
             raise
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / UNAVAILABLE_FILE).write_text(json.dumps({"reason": str(e)}) + "\n")
+        io.write_json(Path(out_dir) / UNAVAILABLE_FILE, {"reason": str(e)})
         return {"engine": "trtllm", "status": "unavailable", "reason": str(e), "settings": settings}
     return {"engine": "trtllm", "status": "built", "settings": settings}
 

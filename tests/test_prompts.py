@@ -1,11 +1,13 @@
 """Prompt files, synthetic token-id prompts, static batches, and the shipped prompt sets."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from inference_optim_llm.prompts import PromptError, batches, random_token_ids, read_prompt_file
+from inference_optim_llm.prompts import (PromptError, PromptSet, batches, load_prompt_set, random_token_ids,
+                                         read_prompt_file, read_prompt_file_with_notes)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -56,6 +58,141 @@ def test_read_prompt_file_non_utf8_names_the_file(tmp_path):
 
 def test_prompt_error_is_a_value_error():
     assert issubclass(PromptError, ValueError)
+
+
+# -- read_prompt_file_with_notes: lines split on "\n" only, what was dropped or changed counted -------
+
+NOTE_KEYS = {"lines", "prompts", "bom_removed", "crlf_line_endings", "dropped_blank", "dropped_invisible",
+             "stripped", "inner_separators"}
+
+
+def _notes_file(tmp_path, data: bytes):
+    path = tmp_path / "p.txt"
+    path.write_bytes(data)
+    return read_prompt_file_with_notes(path)
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\r", "\x1c", "\x1d", "\x1e"],
+                         ids=["U+2028", "U+2029", "NEL", "FF", "VT", "lone-CR", "FS", "GS", "RS"])
+def test_line_break_characters_inside_a_line_stay_one_prompt(tmp_path, sep):
+    prompts, notes = _notes_file(tmp_path, f"first{sep}half\nsecond\n".encode())
+    assert prompts == [f"first{sep}half", "second"]
+    assert notes["inner_separators"] == 1
+    assert (notes["lines"], notes["prompts"], notes["stripped"]) == (2, 2, 0)
+
+
+def test_crlf_file_gives_the_same_prompts_as_lf(tmp_path):
+    lf, lf_notes = _notes_file(tmp_path, b"one\ntwo\n\nthree\n")
+    crlf, crlf_notes = _notes_file(tmp_path, b"one\r\ntwo\r\n\r\nthree\r\n")
+    assert crlf == lf == ["one", "two", "three"]
+    assert crlf_notes["crlf_line_endings"] == 4 and lf_notes["crlf_line_endings"] == 0
+    assert crlf_notes["stripped"] == 0 and crlf_notes["inner_separators"] == 0
+    assert {k: v for k, v in crlf_notes.items() if k != "crlf_line_endings"} == \
+           {k: v for k, v in lf_notes.items() if k != "crlf_line_endings"}
+
+
+def test_leading_bom_removed_and_counted(tmp_path):
+    prompts, notes = _notes_file(tmp_path, b"\xef\xbb\xbfHello\nWorld\n")
+    assert prompts == ["Hello", "World"]
+    assert notes["bom_removed"] == 1
+    assert notes["stripped"] == 0   # the BOM is the file's, not the line's
+    assert _notes_file(tmp_path, b"Hello\n")[1]["bom_removed"] == 0
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad",
+                                       " \u200b\t", "\u00a0\u200b", "\x00"])
+def test_invisible_only_line_dropped_and_counted(tmp_path, invisible):
+    prompts, notes = _notes_file(tmp_path, f"a\n{invisible}\nb\n".encode())
+    assert prompts == ["a", "b"]
+    assert notes["dropped_invisible"] == 1
+    assert notes["dropped_blank"] == 0
+    assert (notes["lines"], notes["prompts"]) == (3, 2)
+
+
+def test_kept_lines_stripped_of_whitespace_and_invisibles_and_counted(tmp_path):
+    prompts, notes = _notes_file(tmp_path, "  x  \n\u200by\u200b\n\u00a0z\nplain\n".encode())
+    assert prompts == ["x", "y", "z", "plain"]
+    assert notes["stripped"] == 3
+
+
+def test_inner_invisibles_and_spaces_kept(tmp_path):
+    prompts, notes = _notes_file(tmp_path, "a\u200db  c\n".encode())
+    assert prompts == ["a\u200db  c"]
+    assert notes["stripped"] == 0
+
+
+def test_blank_lines_counted(tmp_path):
+    prompts, notes = _notes_file(tmp_path, b"a\n\n   \n\t\nb")
+    assert prompts == ["a", "b"]
+    assert notes["dropped_blank"] == 3
+    assert notes["lines"] == 5   # no final newline: the last line still counts once
+
+
+def test_unicode_space_only_lines_are_blank_not_invisible(tmp_path):
+    # str.isspace() spaces (NBSP, ideographic space, U+2028) were dropped before too: blank, not invisible.
+    prompts, notes = _notes_file(tmp_path, "a\n\u00a0\n\u3000\u2028\nb\n".encode())
+    assert prompts == ["a", "b"]
+    assert (notes["dropped_blank"], notes["dropped_invisible"]) == (2, 0)
+
+
+def test_notes_are_exact_json_integer_counts(tmp_path):
+    prompts, notes = _notes_file(tmp_path, b"\xef\xbb\xbf a \r\n\r\n\xe2\x80\x8b\r\nb\xe2\x80\xa8c\n")
+    assert prompts == ["a", "b\u2028c"]
+    assert set(notes) == NOTE_KEYS
+    assert all(type(v) is int for v in notes.values())
+    assert json.loads(json.dumps(notes)) == {"lines": 4, "prompts": 2, "bom_removed": 1, "crlf_line_endings": 3,
+                                             "dropped_blank": 1, "dropped_invisible": 1, "stripped": 1,
+                                             "inner_separators": 1}
+
+
+def test_file_of_only_invisible_lines_raises_naming_the_file(tmp_path):
+    path = tmp_path / "invisible.txt"
+    path.write_bytes("\u200b\n\ufeff\n\u2060\u00a0\n".encode())
+    with pytest.raises(PromptError, match="holds no prompts") as e:
+        read_prompt_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_read_prompt_file_uses_the_new_rules(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffone\u2028line\r\n\u200b\n".encode())
+    assert read_prompt_file(path) == ["one\u2028line"]
+
+
+# -- load_prompt_set ----------------------------------------------------------------------------------
+
+class _FakeTokenizer:
+    all_special_ids = [0]
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [0] + [ord(c) for c in text]}
+
+    def __len__(self):
+        return 50
+
+
+def test_load_prompt_set_records_notes_and_limit_applied(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"a\nb\n\nc\nd\n")
+    ps = load_prompt_set("s", {"file": str(path), "limit": 3}, _FakeTokenizer(), seed=0)
+    assert ps.texts == ["a", "b", "c"]
+    assert ps.token_ids == [[0, 97], [0, 98], [0, 99]]
+    assert set(ps.notes) == NOTE_KEYS | {"limit_applied"}
+    assert ps.notes["limit_applied"] == 1
+    assert ps.notes["prompts"] == 4 and ps.notes["dropped_blank"] == 1
+    full = load_prompt_set("s", {"file": str(path)}, _FakeTokenizer(), seed=0)
+    assert full.texts == ["a", "b", "c", "d"] and full.notes["limit_applied"] == 0
+
+
+def test_load_prompt_set_tokens_has_no_notes():
+    ps = load_prompt_set("syn", {"tokens": 4, "count": 2}, _FakeTokenizer(), seed=0)
+    assert ps.notes is None
+    assert all(len(ids) == 4 for ids in ps.token_ids)
+
+
+def test_prompt_set_positional_fields_unchanged():
+    ps = PromptSet("n", ["t"], [[1]])
+    assert (ps.name, ps.texts, ps.token_ids, ps.notes) == ("n", ["t"], [[1]], None)
 
 
 # -- random_token_ids ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class EngineSettings:
     seed: int = 0
     record_token_times: bool = True  # False only to measure the cost of timing itself
     artifact_dir: Path | None = None  # output of build_engine (compile cache, TensorRT engine)
+    trust_remote_code: bool = False   # from the config of this run (models.<name>.trust_remote_code)
     options: dict[str, Any] = field(default_factory=dict)  # engine-specific, from config engine_options
 
 

@@ -39,8 +39,8 @@ class BaselineEngine(TorchEngine):
 
     def load(self) -> None:
         s = self.settings
-        self.model = load_model(s.model_dir, s.device, s.dtype)
-        self.pad_id = load_tokenizer(s.model_dir).pad_token_id
+        self.model = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code)
+        self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
         clock = TokenClock(self.settings.device, enabled=self.settings.record_token_times)

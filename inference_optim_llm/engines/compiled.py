@@ -137,10 +137,11 @@ class CompiledEngine(TorchEngine):
             raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
                                     f"{s.model_dir} is {cfg_type!r}")
         self.cuda = s.device.startswith("cuda")
-        self.cache_loaded = load_compile_cache(s.artifact_dir)
+        self.private_cache = load_compile_cache(s.artifact_dir)
+        self.cache_loaded = self.private_cache is not None
         configure_inductor(s.device, s.options)
-        self.pad_id = load_tokenizer(s.model_dir).pad_token_id
-        hf = load_model(s.model_dir, s.device, s.dtype)
+        self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
+        hf = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code)
         self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens))
         self.net = FusedLlama(hf, s.max_batch_size, self.max_len)
         self.hf = hf
@@ -182,6 +183,10 @@ class CompiledEngine(TorchEngine):
     def close(self) -> None:
         for name in ("step", "net", "hf"):   # close() also runs after a failed load
             self.__dict__.pop(name, None)
+        if getattr(self, "private_cache", None) is not None:
+            import shutil
+            shutil.rmtree(self.private_cache, ignore_errors=True)
+            self.private_cache = None
         if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -191,15 +196,18 @@ def _model_type(model_dir: Path) -> str | None:
     return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
 
 
-def load_compile_cache(artifact_dir: Path | None) -> bool:
+def load_compile_cache(artifact_dir: Path | None) -> Path | None:
     """Use build_engine's inductor cache: copied to a private directory (the artifact stays read-only
-    and shared between jobs), which inductor then reads and writes. Before anything compiles."""
+    and shared between jobs), which inductor then reads and writes. Before anything compiles. Returns
+    the private copy (removed by close(); one left by a killed job is swept by the next), or None."""
     src = Path(artifact_dir) / INDUCTOR_DIR if artifact_dir else None
     if src is None or not src.is_dir():
-        return False
+        return None
     import shutil
     import tempfile
-    private = Path(tempfile.mkdtemp(prefix="iol-inductor-"))
+
+    from inference_optim_llm.io import make_temp_dir
+    private = make_temp_dir(Path(tempfile.gettempdir()) / "iol-inductor-cache")
     shutil.copytree(src, private, dirs_exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(private)
-    return True
+    return private

@@ -129,7 +129,7 @@ class TrtllmEngine(_LlmApiEngine):
         # max_num_tokens would otherwise default to 8192). dtype is baked into the engine.
         return LLM(model=str(s.artifact_dir), tokenizer=str(s.model_dir), max_batch_size=s.max_batch_size,
                    max_num_tokens=built["max_num_tokens"], max_seq_len=built["max_seq_len"],
-                   kv_cache_config=kv_cache_config)
+                   kv_cache_config=kv_cache_config, trust_remote_code=s.trust_remote_code)
 
 
 class TrtllmTorchEngine(_LlmApiEngine):
@@ -143,4 +143,5 @@ class TrtllmTorchEngine(_LlmApiEngine):
 
         return LLM(model=str(s.model_dir), dtype=trtllm_dtype(s.dtype), max_batch_size=s.max_batch_size,
                    max_num_tokens=static_batch_num_tokens(s.max_batch_size, s.max_input_len),
-                   max_seq_len=s.max_input_len + s.max_new_tokens, kv_cache_config=kv_cache_config)
+                   max_seq_len=s.max_input_len + s.max_new_tokens, kv_cache_config=kv_cache_config,
+                   trust_remote_code=s.trust_remote_code)

@@ -6,7 +6,9 @@ from functools import cache
 from itertools import product
 from pathlib import Path
 
-from inference_optim_llm.models import ModelSourceError, check_source
+from inference_optim_llm.engines import check_options
+from inference_optim_llm.intermediates import IntermediateError, check_existing
+from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
 
 BENCH = config["benchmark"]
@@ -43,6 +45,18 @@ def _check_config():
             check_source(name, spec["source"], local_roots())
         except ModelSourceError as e:
             raise ValueError(f"config {e}") from None
+    for engine, options in config["engine_options"].items():
+        check_options(engine, options, "config engine_options")
+    check_prompt_lengths(config, cells(), local_roots())
+    try:  # existing intermediates: a corrupt one stops the run here, before any result is deleted
+        check_existing(
+            ["results/calibration/bandwidth.json"] if BENCH["calibrate"] else [],
+            sorted({reference_path(m, p) for m, _, p, _ in cells()}) if BENCH["token_agreement"] else [],
+            [f"resources/models/{m}" for m in sorted({c[0] for c in cells()})],
+            sorted({f"resources/engines/{m}/{e}" for m, e, _, _ in cells() if e in BUILT_ENGINES}),
+        )
+    except IntermediateError as e:
+        raise ValueError(f"intermediate file {e}") from None
 
 
 def local_roots():
@@ -99,10 +113,10 @@ def model_source(wildcards):
 
 
 def fetch_flags(wildcards):
-    """Extra fetch-model flags, each value quoted for the shell."""
+    """Extra fetch-model flags, each value quoted for the shell. (Whether a model's code is trusted is
+    not the fetch's business: each job that loads the model passes its config's trust_remote_code.)"""
     flags = [f"--local-root {shlex.quote(r)}" for r in config["local_model_roots"]]
-    if config["models"][wildcards.model].get("trust_remote_code"):
-        flags.append("--trust-remote-code")
+    flags.append(f"--network-timeout-s {config['network_timeout_s']}")
     return " ".join(flags)
 
 
@@ -111,10 +125,14 @@ def prompt_inputs(wildcards):
     return [spec["file"]] if "file" in spec else []
 
 
+def reference_path(model, prompt_set):
+    return f"results/reference/{model}/{prompt_set}.json"
+
+
 def reference_input(wildcards):
     if not BENCH["token_agreement"]:
         return []
-    return f"results/reference/{wildcards.model}/{wildcards.prompt_set}.json"
+    return reference_path(wildcards.model, wildcards.prompt_set)
 
 
 BUILT_ENGINES = ["compiled", "trtllm"]  # engines whose benchmark jobs need a build_engine artifact
@@ -147,6 +165,7 @@ def build_spec(wildcards):
         "dtype": BENCH["dtype"],
         "engine_options": runtime_options(wildcards.engine),
         "strict": BENCH["strict"],
+        "trust_remote_code": trust_remote_code(wildcards.model),
     }
     if wildcards.engine == "trtllm":
         # Part of the between-workflow cache key: a new TensorRT-LLM or GPU builds anew.
@@ -221,8 +240,13 @@ def _spec(wildcards, engine, batch_size, reference, calibration=None, artifact=N
         "reference": reference,
         "calibration": calibration,
         "artifact_dir": artifact,
+        "trust_remote_code": trust_remote_code(wildcards.model),
     }
     return json.dumps(spec, sort_keys=True)
+
+
+def trust_remote_code(model):
+    return bool(config["models"][model].get("trust_remote_code", False))
 
 
 BUILD_ONLY_OPTIONS = {"version", "compute_capability"}  # engine_options.trtllm keys for the build
