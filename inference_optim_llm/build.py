@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from inference_optim_llm import io
+from inference_optim_llm.intermediates import check_engine_artifact
 from inference_optim_llm.runner import check_context, log, mentions_out_of_memory, resolve_device, resolve_dtype
 
 
@@ -119,12 +120,38 @@ def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> No
     engine.close()
 
 
+BUILD_SPEC_KEYS = {"model_dir", "batch_sizes", "prompt_sets", "max_new_tokens", "seed", "device", "dtype",
+                   "engine_options", "strict", "trust_remote_code", "trtllm_version", "compute_capability",
+                   "installed_trtllm", "torch_version"}
+
+
+def check_build_spec(engine: str, spec: dict) -> None:
+    """A build spec (from the workflow, or typed by hand) within the config's bounds; errors name the key."""
+    from inference_optim_llm.engines import ENGINES, check_options
+    from inference_optim_llm.runner import BenchSpec
+
+    if engine not in ENGINES or "build" not in ENGINES[engine]:
+        raise ValueError(f"engine {engine!r} has no build step (built: "
+                         f"{', '.join(e for e in ENGINES if 'build' in ENGINES[e])})")
+    if not isinstance(spec, dict) or set(spec) - BUILD_SPEC_KEYS or "model_dir" not in spec:
+        raise ValueError(f"build spec: unknown keys {sorted(set(spec) - BUILD_SPEC_KEYS)} or no model_dir "
+                         f"(known: {', '.join(sorted(BUILD_SPEC_KEYS))})")
+    if not isinstance(spec.get("batch_sizes"), list) or not spec["batch_sizes"]:
+        raise ValueError("build spec batch_sizes: a non-empty list of batch sizes expected")
+    if not isinstance(spec.get("prompt_sets"), dict) or not spec["prompt_sets"]:
+        raise ValueError("build spec prompt_sets: a non-empty mapping of prompt sets expected")
+    for batch in spec["batch_sizes"]:
+        for name, prompt_spec in spec["prompt_sets"].items():   # the benchmark spec's checks, for each shape
+            BenchSpec(model="build", model_dir=spec["model_dir"], engine=engine, prompt_set=name,
+                      prompt_spec=prompt_spec, batch_size=batch, max_new_tokens=spec.get("max_new_tokens"),
+                      seed=spec.get("seed", 0), device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"))
+    check_options(engine, spec.get("engine_options", {}))
+
+
 def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) -> None:
     """Build into a temporary directory beside out_dir, then rename: never a half-built artifact, and
     never over a directory this tool did not make."""
-    from inference_optim_llm.engines import check_options
-
-    check_options(engine, spec.get("engine_options", {}))
+    check_build_spec(engine, spec)
     out_dir = Path(out_dir)
     io.check_replaceable(out_dir, "engine artifact")
     tmp = io.make_temp_dir(out_dir)
@@ -138,6 +165,7 @@ def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) ->
             raise ValueError(f"engine {engine!r} has no build step")
         info["spec"] = spec
         io.write_json(tmp / "build_info.json", info)
+        check_engine_artifact(tmp)   # checked where written, as it will be where read
         io.publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -81,9 +81,21 @@ def check_engine_artifact(path: Path | str) -> None:
     _load(Path(path) / "build_info.json", "engine build record", "delete the directory and run again to rebuild it")
 
 
+def check_result_file(path: Path | str) -> None:
+    """A result file that exists but is not a result (truncated, foreign) would satisfy its target and
+    fail only the report: named here instead, so that it is measured anew."""
+    data = _load(Path(path), "result file", "delete it and run again to measure it anew")
+    if not isinstance(data.get("schema_version"), int) or not isinstance(data.get("target"), dict):
+        raise IntermediateError(f"{path}: not a result file (no schema_version and target); "
+                                "delete it and run again to measure it anew")
+
+
 def check_existing(calibration: list[Path], references: list[Path], model_dirs: list[Path],
-                   artifacts: list[Path]) -> None:
+                   artifacts: list[Path], results: list[Path] = ()) -> None:
     """What the workflow checks at parse time: only files that exist (missing ones are simply built)."""
+    for p in results:
+        if Path(p).exists():
+            check_result_file(p)
     for p in calibration:
         if Path(p).exists():
             read_calibration(p)

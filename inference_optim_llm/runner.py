@@ -60,7 +60,7 @@ class BenchSpec:
             bounds.check("$defs.prompt_limit", self.prompt_spec.get("limit", 1), "prompt limit")
         else:
             bounds.check("$defs.prompt_tokens", self.prompt_spec.get("tokens"), "prompt tokens")
-            bounds.check("$defs.prompt_count", self.prompt_spec.get("count", 16), "prompt count")
+            bounds.check("$defs.prompt_count", self.prompt_spec.get("count", 1), "prompt count")
         check_options(self.engine, self.engine_options)
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"trust_remote_code: {self.trust_remote_code!r} is not a boolean")

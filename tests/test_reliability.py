@@ -73,7 +73,8 @@ BAD_CONFIGS = {
                                   "outside local_model_roots"),
     # issue 10.8: every numeric key bounded, lengths against the context before any download
     "huge batch": (with_changes(matrix__0__batch_sizes=[1000000000]), "1000000000 is greater than the maximum of 4096"),
-    "huge prompt": (with_changes(prompt_sets={"p8": {"tokens": 1000000000}}), "1000000000 is greater than the maximum"),
+    "huge prompt": (with_changes(prompt_sets={"p8": {"tokens": 1000000000}}),
+                    "1000000000 is greater than the maximum of 131072"),
     "huge prompt set": (with_changes(prompt_sets={"p8": {"tokens": 100000, "count": 4000}}),
                         "config prompt_sets.p8: tokens x count = 400000000 exceeds"),
     "huge repetitions": (with_changes(benchmark__repetitions=10**9), "is greater than the maximum of 10000"),
@@ -113,8 +114,8 @@ def test_empty_prompt_file_is_named(tmp_path):
 @pytest.mark.slow
 def test_prompt_file_longer_than_the_context_fails_before_compiling(tmp_path, smollm2_gguf):
     """A prompt file's length needs the tokenizer: the build job checks it before any compile work.
-    llama-tiny's context is 2048 tokens: data/prompts_long.txt (~500 tokens) + 1600 new tokens does not fit."""
-    config = with_changes(prompt_sets={"p8": {"file": "data/prompts_long.txt"}}, benchmark__max_new_tokens=1600)
+    llama-tiny's context is 2048 tokens: data/prompts_long.txt (hundreds of tokens) + 2040 new tokens does not fit."""
+    config = with_changes(prompt_sets={"p8": {"file": "data/prompts_long.txt"}}, benchmark__max_new_tokens=2040)
     config["matrix"][0].update(engines=["compiled"], batch_sizes=[1])
     wd = workdir(tmp_path, config, smollm2_gguf)
     proc = snakemake(wd)
@@ -128,15 +129,16 @@ def test_prompt_file_longer_than_the_context_fails_before_compiling(tmp_path, sm
 # -- faults -------------------------------------------------------------------------------------------
 
 def test_out_of_memory_is_recorded_and_the_matrix_completes(tmp_path, smollm2_gguf):
-    """A batch whose static KV cache cannot be allocated (a real allocation failure, ~80 GB per tensor
-    on a 24 GB machine): the cell records status oom, the other cells and the report complete."""
-    config = with_changes()
+    """A static KV cache that cannot be allocated (a real allocation failure: batch 4096 x cache 1048576
+    positions of llama-tiny is ~550 GB a tensor on a 24 GB machine, within the config's bounds): the cell
+    records status oom, the other cells and the report complete."""
+    config = with_changes(engine_options={"compiled": {"cache_len": 1048576}})
     config["matrix"].append({"models": ["tiny"], "engines": ["compiled"], "prompt_sets": ["p8"],
-                             "batch_sizes": [10_000_000]})
+                             "batch_sizes": [4096]})
     wd = workdir(tmp_path, config, smollm2_gguf)
     proc = snakemake(wd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    oom = json.loads((wd / "results/runs/tiny/compiled/p8/bs10000000.json").read_text())
+    oom = json.loads((wd / "results/runs/tiny/compiled/p8/bs4096.json").read_text())
     assert oom["status"] == "oom" and "allocate" in oom["reason"] and oom["metrics"] is None
     assert json.loads((wd / "results/runs/tiny/baseline/p8/bs2.json").read_text())["status"] == "ok"
     md = (wd / "results/benchmark_results.md").read_text()
@@ -145,7 +147,7 @@ def test_out_of_memory_is_recorded_and_the_matrix_completes(tmp_path, smollm2_gg
     # strict: the same cell fails the run instead.
     config["benchmark"]["strict"] = True
     workdir(wd, config)
-    proc = snakemake(wd, "--forcerun", "results/runs/tiny/compiled/p8/bs10000000.json")
+    proc = snakemake(wd, "--forcerun", "results/runs/tiny/compiled/p8/bs4096.json")
     assert proc.returncode != 0
 
 

@@ -14,14 +14,15 @@ _KV_OPTIONS = {
 }
 
 # options: JSON schema properties of config engine_options.<name>; any other key is an error.
+# build: the engine needs a build_engine artifact before its benchmark jobs (build.py builds it).
 ENGINES = {
     "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}},
-    "compiled": {"cls": "inference_optim_llm.engines.compiled:CompiledEngine", "options": {
+    "compiled": {"cls": "inference_optim_llm.engines.compiled:CompiledEngine", "build": True, "options": {
         "mode": {"enum": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]},
         "coordinate_descent_tuning": {"type": "boolean"},
         "cache_len": {"type": "integer", "minimum": 2, "maximum": 1048576},
     }},
-    "trtllm": {"cls": "inference_optim_llm.engines.trtllm:TrtllmEngine", "options": {
+    "trtllm": {"cls": "inference_optim_llm.engines.trtllm:TrtllmEngine", "build": True, "options": {
         **_KV_OPTIONS,
         "version": {"type": "string", "pattern": "^[0-9A-Za-z.+-]{1,32}$"},             # build only
         "compute_capability": {"type": "string", "pattern": "^[0-9]{1,2}\\.[0-9]{1,2}$"},  # build only

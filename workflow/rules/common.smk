@@ -6,13 +6,13 @@ from functools import cache
 from itertools import product
 from pathlib import Path
 
-from inference_optim_llm.engines import check_options
+from inference_optim_llm.engines import ENGINES, check_options
 from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
 
 BENCH = config["benchmark"]
-ENGINE_NAMES = ["baseline", "compiled", "trtllm", "trtllm-torch"]
+ENGINE_NAMES = list(ENGINES)
 # The image every rule runs in under --use-singularity (pinned; a local .sif path works too).
 CONTAINER = config["container"]
 
@@ -54,6 +54,7 @@ def _check_config():
             sorted({reference_path(m, p) for m, _, p, _ in cells()}) if BENCH["token_agreement"] else [],
             [f"resources/models/{m}" for m in sorted({c[0] for c in cells()})],
             sorted({f"resources/engines/{m}/{e}" for m, e, _, _ in cells() if e in BUILT_ENGINES}),
+            all_results(),
         )
     except IntermediateError as e:
         raise ValueError(f"intermediate file {e}") from None
@@ -135,7 +136,7 @@ def reference_input(wildcards):
     return reference_path(wildcards.model, wildcards.prompt_set)
 
 
-BUILT_ENGINES = ["compiled", "trtllm"]  # engines whose benchmark jobs need a build_engine artifact
+BUILT_ENGINES = [e for e, info in ENGINES.items() if info.get("build")]  # need a build_engine artifact
 
 
 def artifact_dir(wildcards):
