@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per request, exactly")
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--save-json", help="per-request records, JSON lines (the seed's format)")
-    r.add_argument("--save-result", help="the full result, JSON (docs/result.schema.json)")
+    r.add_argument("--save-result", help="the full result, JSON (inference_optim_llm/schemas/result.schema.json)")
     r.add_argument("--model-name", default="smollm2-135m")
     r.add_argument("--model-source", default=DEFAULT_SOURCE,
                    help="embedded:smollm2-135m-instruct, hf:<repo>[@rev], local:<dir>, synthetic:<preset>")
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--title", default="Inference-Optim-LLM benchmark results")
     g.set_defaults(fn=cmd_aggregate)
 
-    v = sub.add_parser("validate-result", help="check result files against docs/result.schema.json")
+    v = sub.add_parser("validate-result", help="check result files against inference_optim_llm/schemas/result.schema.json")
     v.add_argument("files", nargs="+")
     v.set_defaults(fn=cmd_validate)
     return p

@@ -11,8 +11,7 @@ import jsonschema
 
 from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
 
-REPO = Path(__file__).resolve().parent.parent
-RESULT_SCHEMA = REPO / "docs" / "result.schema.json"
+RESULT_SCHEMA = Path(__file__).parent / "schemas" / "result.schema.json"
 TEMPLATE = Path(__file__).parent / "templates" / "benchmark_results.md.j2"
 REFERENCE_ENGINE = "baseline"
 
@@ -31,7 +30,7 @@ def load_result(path: Path) -> dict:
     if errors:
         e = errors[0]
         where = "/".join(map(str, e.absolute_path)) or "(top level)"
-        raise ResultFileError(f"{path}: does not match docs/result.schema.json at {where}: {e.message}")
+        raise ResultFileError(f"{path}: does not match inference_optim_llm/schemas/result.schema.json at {where}: {e.message}")
     return data
 
 

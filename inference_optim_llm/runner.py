@@ -1,5 +1,5 @@
 """The benchmark scenario: warm up, run timed repetitions of static batches, collect telemetry,
-check every request's token count, and return one result (plain data, docs/result.schema.json)."""
+check every request's token count, and return one result (plain data, inference_optim_llm/schemas/result.schema.json)."""
 from __future__ import annotations
 
 import json

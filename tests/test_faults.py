@@ -136,6 +136,7 @@ def test_2_remote_code_runs_only_when_the_loading_run_trusts_it(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_2_every_job_gets_trust_from_its_own_config(tmp_path):
     from test_reliability import TINY, snakemake, workdir
 

@@ -82,10 +82,6 @@ def test_check_token_counts_reports_every_bad_request():
     assert "request 0: 1" in str(e.value) and "request 2: 3" in str(e.value)
 
 
-def test_token_count_error_is_a_runtime_error():
-    assert issubclass(TokenCountError, RuntimeError)
-
-
 # -- token_agreement ----------------------------------------------------------------------------------
 
 def test_token_agreement_all_equal():

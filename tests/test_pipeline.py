@@ -82,7 +82,7 @@ def test_every_target_has_a_valid_result_with_exact_token_counts(run):
     rs = results(run)
     assert len(rs) == 9
     for p in (run / "results" / "runs").rglob("*.json"):
-        load_result(p)     # validates against docs/result.schema.json
+        load_result(p)     # validates against inference_optim_llm/schemas/result.schema.json
     for key, r in rs.items():
         if key[0] == "trtllm":
             continue
@@ -184,6 +184,7 @@ def test_named_engine_target_runs_only_that_engine(run):
     assert "engine=compiled" not in out and "engine=trtllm" not in out
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_gpu_matrix_without_a_gpu(tmp_path):
     """config/gpu.yaml (every engine, synthetic 1B/8B shapes) plans on a machine without a GPU; each
     engine that needs a build builds once per model and settings."""
@@ -197,6 +198,7 @@ def test_dry_run_of_the_gpu_matrix_without_a_gpu(tmp_path):
     assert len(builds) == len(set(builds)) == 4
 
 
+@pytest.mark.slow
 def test_engines_key_runs_only_the_engines_it_names(tmp_path):
     """--config engines=[...] narrows the matrix (how the GPU machine without TensorRT-LLM runs it);
     a name the matrix lacks is an error naming the key."""
@@ -216,6 +218,7 @@ def test_engines_key_runs_only_the_engines_it_names(tmp_path):
     assert re.search(r'build-engine compiled --spec .*"batch_sizes": \[1, 4\]', output(proc))
 
 
+@pytest.mark.slow
 def test_lint_is_clean():
     for extra in ([], ["--configfile", str(REPO / "config" / "gpu.yaml")]):
         proc = snakemake(REPO, "--lint", *extra)

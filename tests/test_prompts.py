@@ -56,8 +56,10 @@ def test_read_prompt_file_non_utf8_names_the_file(tmp_path):
     assert str(path) in str(e.value)
 
 
-def test_prompt_error_is_a_value_error():
-    assert issubclass(PromptError, ValueError)
+def test_a_bad_prompt_file_is_one_line_from_the_cli(tmp_path, capsys):
+    from inference_optim_llm.cli import main
+    assert main(["run", "baseline", "--prompts-file", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err == f"error: prompt file {tmp_path / 'missing.txt'} does not exist\n"
 
 
 # -- read_prompt_file_with_notes: lines split on "\n" only, what was dropped or changed counted -------

@@ -92,6 +92,7 @@ BAD_CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, case):
     config, expected = BAD_CONFIGS[case]
@@ -103,6 +104,7 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, case):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_empty_prompt_file_is_named(tmp_path):
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "empty.txt").write_text("\n  \n")
@@ -128,6 +130,7 @@ def test_prompt_file_longer_than_the_context_fails_before_compiling(tmp_path, sm
 
 # -- faults -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_out_of_memory_is_recorded_and_the_matrix_completes(tmp_path, smollm2_gguf):
     """A static KV cache that cannot be allocated (a real allocation failure: batch 4096 x cache 1048576
     positions of llama-tiny is ~550 GB a tensor on a 24 GB machine, within the config's bounds): the cell
@@ -160,6 +163,7 @@ def _wait_for(path: Path, text: str, timeout: float = 300) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["TERM", "INT", "KILL"])
 def test_interrupted_run_leaves_no_partial_result_and_resumes(tmp_path, smollm2_gguf, sig):
     short = with_changes(benchmark__max_new_tokens=64)
@@ -195,7 +199,7 @@ def test_corrupt_or_foreign_result_file_is_named_by_the_aggregation(tmp_path):
     good.write_text(json.dumps({"model": "x", "tokens_per_s": 3}))
     bad = tmp_path / "corrupt.json"
     bad.write_text('{"schema_version": 1, "status": ')
-    for f, expected in ((good, "does not match docs/result.schema.json"), (bad, "not a readable JSON result")):
+    for f, expected in ((good, "does not match inference_optim_llm/schemas/result.schema.json"), (bad, "not a readable JSON result")):
         proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "aggregate", str(f), "--out-md",
                                str(tmp_path / "r.md"), "--out-csv", str(tmp_path / "s.csv"), "--plots-dir",
                                str(tmp_path / "p")], capture_output=True, text=True)
@@ -221,6 +225,7 @@ def test_busy_gpu_is_refused_only_when_configured():
 
 # -- security -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_values_never_reach_the_shell_unquoted_and_the_token_is_never_written(tmp_path, smollm2_gguf):
     weird = tmp_path / "prompts" / "a b;$(touch pwned);`touch pwned`'x\".txt"
     weird.parent.mkdir()
@@ -240,6 +245,7 @@ def test_values_never_reach_the_shell_unquoted_and_the_token_is_never_written(tm
     assert secret not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_trust_remote_code_is_off_unless_a_model_opts_in(tmp_path, smollm2_gguf):
     from inference_optim_llm.models import materialize
     materialize("tiny", "synthetic:llama-tiny", tmp_path / "tiny", download_dir=smollm2_gguf.parent)

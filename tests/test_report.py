@@ -37,7 +37,7 @@ def make_result(engine: str, batch: int, tps: float | None, *, model: str = MODE
                 e2e_s: float = 0.7, gpu_memory_peak_mb: float | None = 2345.0, power_mean_w: float | None = 250.0,
                 energy_per_token_j: float | None = 0.125, exact_match_rate: float | None = None,
                 first_divergence: int | None = None) -> dict:
-    """A result dict laid out as runner.run writes it (docs/result.schema.json): status ok with metric
+    """A result dict laid out as runner.run writes it (inference_optim_llm/schemas/result.schema.json): status ok with metric
     summaries whose medians are tps / ttft_s / tpot_s / e2e_s, or a not-run status with its reason."""
     settings = {"max_new_tokens": N_NEW, "repetitions": 3, "warmup": 1, "seed": 0, "device": "cuda",
                 "dtype": "bfloat16", "telemetry_interval_s": 0.05, "record_token_times": True,

@@ -158,6 +158,7 @@ def test_apptainer_profile_is_the_slurm_profile_plus_containers():
     assert slurm["set-resource-scopes"] == {"gpu": "local"}
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_workflow_runs_through_slurm_profile(slurm_cluster, tmp_path):
     wd = _workdir(tmp_path)
