@@ -30,25 +30,13 @@ rule all:
         all_results(),
 
 
-rule baseline:
-    input:
-        "results/reports/baseline/benchmark_results.md",
-        engine_result_paths("baseline"),
+# One target per registered engine (`snakemake compiled`, `snakemake trtllm_torch`): its results and its
+# own report.
+for _engine in ENGINES:
 
-
-rule compiled:
-    input:
-        "results/reports/compiled/benchmark_results.md",
-        engine_result_paths("compiled"),
-
-
-rule trtllm:
-    input:
-        "results/reports/trtllm/benchmark_results.md",
-        engine_result_paths("trtllm"),
-
-
-rule trtllm_torch:
-    input:
-        "results/reports/trtllm-torch/benchmark_results.md",
-        engine_result_paths("trtllm-torch"),
+    rule:
+        name:
+            _engine.replace("-", "_")
+        input:
+            f"results/reports/{_engine}/benchmark_results.md",
+            engine_result_paths(_engine),

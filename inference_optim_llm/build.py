@@ -14,7 +14,8 @@ from pathlib import Path
 
 from inference_optim_llm import io
 from inference_optim_llm.intermediates import check_engine_artifact
-from inference_optim_llm.runner import check_context, log, mentions_out_of_memory, resolve_device, resolve_dtype
+from inference_optim_llm.hostfacts import log, mentions_out_of_memory, resolve_device, resolve_dtype
+from inference_optim_llm.runner import check_context
 
 
 def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
@@ -100,6 +101,13 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
             "cache_bytes": sum(p.stat().st_size for p in (Path(out_dir) / INDUCTOR_DIR).rglob("*") if p.is_file())}
 
 
+def compiled_build_key(options: dict) -> dict:
+    """Generated kernels belong to one torch and one GPU: both are part of the build's cache key (as
+    seen where the workflow starts; inductor's own keys reject a mismatch, at compile cost)."""
+    from inference_optim_llm.hostfacts import compute_capability, installed_version
+    return {"torch_version": installed_version("torch"), "compute_capability": compute_capability()}
+
+
 def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> None:
     """Compile the decode step for one shape, as a benchmark job does (into $TORCHINDUCTOR_CACHE_DIR)."""
     from inference_optim_llm.engines import EngineSettings
@@ -127,12 +135,10 @@ BUILD_SPEC_KEYS = {"model_dir", "batch_sizes", "prompt_sets", "max_new_tokens", 
 
 def check_build_spec(engine: str, spec: dict) -> None:
     """A build spec (from the workflow, or typed by hand) within the config's bounds; errors name the key."""
-    from inference_optim_llm.engines import ENGINES, check_options
+    from inference_optim_llm.engines import build_function, check_options
     from inference_optim_llm.runner import BenchSpec
 
-    if engine not in ENGINES or "build" not in ENGINES[engine]:
-        raise ValueError(f"engine {engine!r} has no build step (built: "
-                         f"{', '.join(e for e in ENGINES if 'build' in ENGINES[e])})")
+    build_function(engine)   # an engine without a build step is an error naming those with one
     if not isinstance(spec, dict) or set(spec) - BUILD_SPEC_KEYS or "model_dir" not in spec:
         raise ValueError(f"build spec: unknown keys {sorted(set(spec) - BUILD_SPEC_KEYS)} or no model_dir "
                          f"(known: {', '.join(sorted(BUILD_SPEC_KEYS))})")
@@ -156,13 +162,8 @@ def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) ->
     io.check_replaceable(out_dir, "engine artifact")
     tmp = io.make_temp_dir(out_dir)
     try:
-        if engine == "compiled":
-            info = build_compiled(spec, tmp, workers)
-        elif engine == "trtllm":
-            from inference_optim_llm.trtllm_build import build_for_spec
-            info = build_for_spec(spec, tmp)
-        else:
-            raise ValueError(f"engine {engine!r} has no build step")
+        from inference_optim_llm.engines import build_function
+        info = build_function(engine)(spec, tmp, workers)
         info["spec"] = spec
         io.write_json(tmp / "build_info.json", info)
         check_engine_artifact(tmp)   # checked where written, as it will be where read

@@ -75,7 +75,7 @@ def cmd_reference(a) -> int:
 def cmd_calibrate(a) -> int:
     from inference_optim_llm import bandwidth, provenance
     from inference_optim_llm.intermediates import check_calibration
-    from inference_optim_llm.runner import resolve_device
+    from inference_optim_llm.hostfacts import resolve_device
     if not 16 <= a.size_mb <= 65536:
         raise ValueError(f"--size-mb: {a.size_mb} is outside 16 to 65536")
     device = resolve_device(a.device)
@@ -107,7 +107,8 @@ def cmd_run(a) -> int:
     from inference_optim_llm.engines import ENGINES
     from inference_optim_llm.prompts import read_prompt_file
     from inference_optim_llm.report import console_summary
-    from inference_optim_llm.runner import BenchSpec, resolve_device, run
+    from inference_optim_llm.hostfacts import resolve_device
+    from inference_optim_llm.runner import BenchSpec, run
 
     # Every value checked before any work: the same bounds as the config keys, errors name the flag.
     if a.engine not in ENGINES:
@@ -164,12 +165,14 @@ def cmd_validate(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inference_optim_llm.engines import ENGINES, built_engines
+
     p = argparse.ArgumentParser(prog="python -m inference_optim_llm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="benchmark one engine on one prompt file (no Snakemake needed)")
-    r.add_argument("engine", help="baseline, compiled, trtllm or trtllm-torch")
+    r.add_argument("engine", help=f"one of the registered engines: {', '.join(ENGINES)}")
     r.add_argument("--prompts-file", required=True, help="text file, one prompt per line")
     r.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per request, exactly")
     r.add_argument("--batch-size", type=int, default=1)
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_calibrate)
 
     be = sub.add_parser("build-engine", help="build an engine's cached artifact (compile cache, TensorRT engine)")
-    be.add_argument("engine", help="compiled or trtllm")
+    be.add_argument("engine", help=f"an engine with a build step: {', '.join(built_engines())}")
     be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
     be.add_argument("--out", required=True, help="artifact directory")
     be.add_argument("--workers", type=int, default=1, help="compiled: shapes compiled side by side")

@@ -3,14 +3,14 @@ check every request's token count, and return one result (plain data, inference_
 from __future__ import annotations
 
 import json
-import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference_optim_llm import bandwidth, bounds, metrics, provenance
 from inference_optim_llm.engines import ENGINES, EngineSettings, EngineUnavailable, check_options, engine_class
+from inference_optim_llm.hostfacts import (DeviceError, check_device, is_out_of_memory, log,  # noqa: F401
+                                           mentions_out_of_memory, resolve_device, resolve_dtype)
 from inference_optim_llm.intermediates import check_reference, read_calibration, read_reference
 from inference_optim_llm.models import check_name, load_tokenizer, model_facts
 from inference_optim_llm.prompts import PromptSet, batches, load_prompt_set
@@ -54,8 +54,7 @@ class BenchSpec:
         bounds.check("$defs.batch_size", self.batch_size, "batch_size")
         for key in ("max_new_tokens", "repetitions", "warmup", "seed", "telemetry_interval_s", "dtype"):
             bounds.check(f"benchmark.{key}", getattr(self, key), key)
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", self.device):
-            raise DeviceError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        check_device(self.device)
         if "file" in self.prompt_spec:
             bounds.check("$defs.prompt_limit", self.prompt_spec.get("limit", 1), "prompt limit")
         else:
@@ -72,35 +71,6 @@ class BenchSpec:
         if unknown:
             raise ValueError(f"unknown benchmark spec keys: {', '.join(sorted(unknown))}")
         return cls(**data)
-
-
-class DeviceError(ValueError):
-    """A device that is not there: bad input, reported in one line before any work."""
-
-
-def resolve_device(device: str) -> str:
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", device):
-        raise DeviceError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r}: torch sees no CUDA GPU here (use --device cpu or auto)")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def check_context(ps: PromptSet, max_new_tokens: int, model_dir: str) -> None:
@@ -218,17 +188,6 @@ def check_busy(busy: dict | None, refuse: bool) -> None:
         others = ", ".join(f"pid {p['pid']} ({p['memory_mb'] or 0:.0f} MiB)" for p in busy["other_processes"])
         raise GpuBusyError(f"the GPU is busy ({others}; {busy['utilization_pct']}% utilisation): "
                            "benchmark.refuse_busy_gpu is true, so nothing was measured")
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """torch's CUDA OOM, the CPU allocator's refusal, and TensorRT-LLM's own out-of-memory errors."""
-    import torch
-    return isinstance(e, torch.OutOfMemoryError) or mentions_out_of_memory(str(e))
-
-
-def mentions_out_of_memory(text: str) -> bool:
-    text = text.lower()
-    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def _not_run(result: dict, status: str, reason: str) -> dict:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference_optim_llm import io
+from inference_optim_llm import hostfacts, io
 from inference_optim_llm.engines.base import EngineUnavailable
 
 DTYPES = ("bfloat16", "float16", "float32")  # TensorRT-LLM takes the same strings (builder.py precisions)
@@ -153,25 +153,21 @@ def parse_stream_output(snapshots: Sequence[tuple[float, Sequence[int]]]) -> tup
 
 def installed_version() -> str | None:
     """The installed tensorrt_llm distribution's version, from package metadata (no import); None if absent."""
-    from importlib import metadata
-    for name in ("tensorrt_llm", "tensorrt-llm"):
-        try:
-            return metadata.version(name)
-        except Exception:
-            continue
-    return None
+    return hostfacts.installed_version("tensorrt_llm", "tensorrt-llm")
 
 
 def compute_capability() -> str | None:
-    """CUDA compute capability of device 0 as 'major.minor' (e.g. '9.0'); None without torch or a GPU."""
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-        return f"{major}.{minor}"
-    except Exception:
-        return None
+    return hostfacts.compute_capability()
+
+
+def build_key(options: dict) -> dict:
+    """What a TensorRT engine build depends on beyond the spec: the TensorRT-LLM version and GPU it is
+    built for (engine_options.trtllm.version / compute_capability, else this host's), and the
+    TensorRT-LLM installed where the workflow starts (None if absent), so that a build recorded as
+    unavailable is never reused once TensorRT-LLM is installed."""
+    return {"trtllm_version": options.get("version", "1.2.1"),
+            "compute_capability": options.get("compute_capability") or compute_capability(),
+            "installed_trtllm": installed_version()}
 
 
 def import_trtllm() -> Any:
@@ -236,7 +232,7 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
 UNAVAILABLE_FILE = "UNAVAILABLE.json"
 
 
-def build_for_spec(spec: dict, out_dir: Path) -> dict:
+def build_for_spec(spec: dict, out_dir: Path, workers: int | None = None) -> dict:
     """build_engine's entry for the workflow: the engine for every shape the matrix uses with a model
     (largest batch, longest prompt). Where TensorRT-LLM cannot run, records why in UNAVAILABLE.json
     (unless spec['strict']), so the benchmark targets record status 'unavailable' with that reason."""

@@ -1,5 +1,18 @@
-"""Engine registry: name -> class path and the options the engine takes. A new engine is one module
-and one entry here. Importing this module imports no engine (no torch), so the workflow can read it."""
+"""Engine registry: the one list of engines. The config schema's check, the workflow's wildcards,
+per-engine targets and build steps, and the CLI all read it. Importing it imports no engine (no torch).
+
+An entry says, for one engine:
+  cls        "module:Class", the Engine subclass (engines/base.py) that loads and generates
+  options    JSON-schema properties of config engine_options.<name>; any other key is an error
+  build      "module:function" (spec, out_dir, workers) -> info dict, if the engine's benchmark jobs need
+             a build_engine artifact (a compile cache, a TensorRT engine) built first
+  build_key  "module:function" (options) -> dict: host facts the artifact depends on (versions, GPU),
+             part of the build's between-workflow cache key
+  build_only_options   option keys used by the build only, not passed to the benchmark jobs
+
+Engines outside this package register through the entry-point group `inference_optim_llm.engines`:
+`name = "package.module:ENTRY"`, where ENTRY is a dict like the ones below. Nothing else changes.
+"""
 from __future__ import annotations
 
 import importlib
@@ -13,29 +26,79 @@ _KV_OPTIONS = {
     "enable_block_reuse": {"type": "boolean"},
 }
 
-# options: JSON schema properties of config engine_options.<name>; any other key is an error.
-# build: the engine needs a build_engine artifact before its benchmark jobs (build.py builds it).
-ENGINES = {
+ENGINES: dict[str, dict] = {
     "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}},
-    "compiled": {"cls": "inference_optim_llm.engines.compiled:CompiledEngine", "build": True, "options": {
-        "mode": {"enum": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]},
-        "coordinate_descent_tuning": {"type": "boolean"},
-        "cache_len": {"type": "integer", "minimum": 2, "maximum": 1048576},
-    }},
-    "trtllm": {"cls": "inference_optim_llm.engines.trtllm:TrtllmEngine", "build": True, "options": {
-        **_KV_OPTIONS,
-        "version": {"type": "string", "pattern": "^[0-9A-Za-z.+-]{1,32}$"},             # build only
-        "compute_capability": {"type": "string", "pattern": "^[0-9]{1,2}\\.[0-9]{1,2}$"},  # build only
-    }},
+    "compiled": {
+        "cls": "inference_optim_llm.engines.compiled:CompiledEngine",
+        "options": {
+            "mode": {"enum": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]},
+            "coordinate_descent_tuning": {"type": "boolean"},
+            "cache_len": {"type": "integer", "minimum": 2, "maximum": 1048576},
+        },
+        "build": "inference_optim_llm.build:build_compiled",
+        "build_key": "inference_optim_llm.build:compiled_build_key",
+    },
+    "trtllm": {
+        "cls": "inference_optim_llm.engines.trtllm:TrtllmEngine",
+        "options": {
+            **_KV_OPTIONS,
+            "version": {"type": "string", "pattern": "^[0-9A-Za-z.+-]{1,32}$"},
+            "compute_capability": {"type": "string", "pattern": "^[0-9]{1,2}\\.[0-9]{1,2}$"},
+        },
+        "build": "inference_optim_llm.trtllm_build:build_for_spec",
+        "build_key": "inference_optim_llm.trtllm_build:build_key",
+        "build_only_options": ["version", "compute_capability"],
+    },
     "trtllm-torch": {"cls": "inference_optim_llm.engines.trtllm:TrtllmTorchEngine", "options": _KV_OPTIONS},
 }
+
+
+def _register_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="inference_optim_llm.engines"):
+        if ep.name in ENGINES:
+            raise ValueError(f"engine plug-in {ep.value}: the name {ep.name!r} is taken")
+        entry = ep.load()
+        if not isinstance(entry, dict) or "cls" not in entry:
+            raise ValueError(f"engine plug-in {ep.value}: expected a dict with at least 'cls'")
+        ENGINES[ep.name] = {"options": {}, **entry}
+
+
+_register_plugins()
+
+
+def _load(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r} (available: {', '.join(ENGINES)})")
-    module, _, cls = ENGINES[name]["cls"].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return _load(ENGINES[name]["cls"])
+
+
+def built_engines() -> list[str]:
+    """Engines whose benchmark jobs need a build_engine artifact."""
+    return [name for name, entry in ENGINES.items() if entry.get("build")]
+
+
+def build_function(name: str):
+    if name not in ENGINES or not ENGINES[name].get("build"):
+        raise ValueError(f"engine {name!r} has no build step (engines with one: {', '.join(built_engines())})")
+    return _load(ENGINES[name]["build"])
+
+
+def build_key(name: str, options: dict) -> dict:
+    path = ENGINES[name].get("build_key")
+    return _load(path)(options) if path else {}
+
+
+def runtime_options(name: str, options: dict) -> dict:
+    """The options a benchmark job receives (the build-only ones left out)."""
+    build_only = set(ENGINES[name].get("build_only_options", []))
+    return {k: v for k, v in options.items() if k not in build_only}
 
 
 def check_options(name: str, options: dict, where: str = "engine_options") -> dict:
@@ -56,5 +119,5 @@ def check_options(name: str, options: dict, where: str = "engine_options") -> di
     return options
 
 
-__all__ = ["ENGINES", "BatchOutput", "Engine", "EngineSettings", "EngineUnavailable", "check_options",
-           "engine_class"]
+__all__ = ["ENGINES", "BatchOutput", "Engine", "EngineSettings", "EngineUnavailable", "build_function",
+           "build_key", "built_engines", "check_options", "engine_class", "runtime_options"]

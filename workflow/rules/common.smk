@@ -6,7 +6,7 @@ from functools import cache
 from itertools import product
 from pathlib import Path
 
-from inference_optim_llm.engines import ENGINES, check_options
+from inference_optim_llm.engines import ENGINES, build_key, built_engines, check_options, runtime_options
 from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
@@ -27,6 +27,14 @@ def _check_config():
                         f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
                         f"(defined: {', '.join(known)})"
                     )
+    registered = ", ".join(ENGINES)
+    for i, block in enumerate(config["matrix"]):
+        for name in block["engines"]:
+            if name not in ENGINES:
+                raise ValueError(f"config matrix[{i}].engines: {name!r} is not a registered engine ({registered})")
+    for name in list(config.get("engines") or []) + list(config["engine_options"]):
+        if name not in ENGINES:
+            raise ValueError(f"config engines / engine_options: {name!r} is not a registered engine ({registered})")
     in_matrix = sorted({e for block in config["matrix"] for e in block["engines"]})
     for name in config.get("engines") or []:
         if name not in in_matrix:
@@ -136,7 +144,7 @@ def reference_input(wildcards):
     return reference_path(wildcards.model, wildcards.prompt_set)
 
 
-BUILT_ENGINES = [e for e, info in ENGINES.items() if info.get("build")]  # need a build_engine artifact
+BUILT_ENGINES = built_engines()  # their benchmark jobs need a build_engine artifact
 
 
 def artifact_dir(wildcards):
@@ -164,55 +172,18 @@ def build_spec(wildcards):
         "seed": BENCH["seed"],
         "device": BENCH["device"],
         "dtype": BENCH["dtype"],
-        "engine_options": runtime_options(wildcards.engine),
+        "engine_options": engine_options(wildcards.engine),
         "strict": BENCH["strict"],
         "trust_remote_code": trust_remote_code(wildcards.model),
     }
-    if wildcards.engine == "trtllm":
-        # Part of the between-workflow cache key: a new TensorRT-LLM or GPU builds anew.
-        opts = config["engine_options"].get("trtllm", {})
-        spec["trtllm_version"] = opts.get("version", "1.2.1")
-        spec["compute_capability"] = opts.get("compute_capability") or detected_compute_capability()
-        # TensorRT-LLM as installed where the workflow starts (None if absent): a build that could
-        # not run (recorded as unavailable) is then never reused once TensorRT-LLM is installed.
-        spec["installed_trtllm"] = installed_trtllm()
-    if wildcards.engine == "compiled":
-        # Part of the between-workflow cache key: generated kernels belong to one torch and one GPU
-        # (as seen where the workflow starts; inductor's own keys reject a mismatch, at compile cost).
-        spec["torch_version"] = installed_torch()
-        spec["compute_capability"] = detected_compute_capability()
+    # Host facts the artifact depends on (versions, GPU): part of the between-workflow cache key.
+    spec.update(host_build_key(wildcards.engine))
     return json.dumps(spec, sort_keys=True)
 
 
-@cache  # host facts for the build keys: read once, not once per job
-def installed_torch():
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("torch")
-    except PackageNotFoundError:
-        return None
-
-
-@cache
-def installed_trtllm():
-    from inference_optim_llm.trtllm_build import installed_version
-
-    return installed_version()
-
-
-@cache
-def detected_compute_capability():
-    """This host's GPU compute capability through NVML, or None (a login node without GPU: then set
-    engine_options.trtllm.compute_capability so the cache key names the GPU the jobs will use)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
-        return f"{major}.{minor}"
-    except Exception:
-        return None
+@cache  # host facts for the build keys: read once per workflow, not once per job
+def host_build_key(engine):
+    return build_key(engine, config["engine_options"].get(engine, {}))
 
 
 def build_prompt_inputs(wildcards):
@@ -237,7 +208,7 @@ def _spec(wildcards, engine, batch_size, reference, calibration=None, artifact=N
         "telemetry_interval_s": BENCH["telemetry_interval_s"],
         "strict": BENCH["strict"],
         "refuse_busy_gpu": BENCH["refuse_busy_gpu"],
-        "engine_options": runtime_options(engine),
+        "engine_options": engine_options(engine),
         "reference": reference,
         "calibration": calibration,
         "artifact_dir": artifact,
@@ -250,12 +221,8 @@ def trust_remote_code(model):
     return bool(config["models"][model].get("trust_remote_code", False))
 
 
-BUILD_ONLY_OPTIONS = {"version", "compute_capability"}  # engine_options.trtllm keys for the build
-
-
-def runtime_options(engine):
-    opts = config["engine_options"].get(engine, {})
-    return {k: v for k, v in opts.items() if k not in BUILD_ONLY_OPTIONS}
+def engine_options(engine):
+    return runtime_options(engine, config["engine_options"].get(engine, {}))
 
 
 def bench_spec(wildcards):
