@@ -28,15 +28,15 @@ def compiled_shapes(spec: dict, tokenizer) -> list[tuple[int, int]]:
     for name, prompt_spec in spec["prompt_sets"].items():
         ps = load_prompt_set(name, prompt_spec, tokenizer, spec["seed"])
         check_context(ps, spec["max_new_tokens"], spec["model_dir"])
-        longest.add(max(map(len, ps.token_ids)))
+        longest.add(ps.longest)
     return sorted({(b, p) for b in spec["batch_sizes"] for p in longest})
 
 
 def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dict:
     """Each shape compiles in its own process, exactly as a benchmark job will, into the artifact's
     inductor cache directory (FX graphs, AOT autograd results, generated kernels). Jobs copy that
-    directory and compile from it: cache hits instead of code generation (seen on the CPU: a warm-up
-    of 4.6 s against 37 s without, torch 2.13, 2026-11-27). Code generation is CPU work, so shapes
+    directory and compile from it: cache hits instead of code generation (a warm-up several times
+    shorter: docs/measurements/README.md). Code generation is CPU work, so shapes
     compile side by side, `workers` at a time (the build job's threads); inductor
     writes its cache entries atomically, as it does for the ranks of one training job."""
     import subprocess
@@ -110,17 +110,18 @@ def compiled_build_key(options: dict) -> dict:
 
 def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> None:
     """Compile the decode step for one shape, as a benchmark job does (into $TORCHINDUCTOR_CACHE_DIR)."""
-    from inference_optim_llm.engines import EngineSettings
     from inference_optim_llm.engines.compiled import CompiledEngine
     from inference_optim_llm.models import load_tokenizer
+    from inference_optim_llm.runner import BenchSpec, engine_settings
 
     device = resolve_device(spec["device"])
-    trust = spec.get("trust_remote_code", False)
-    tok = load_tokenizer(Path(spec["model_dir"]), trust)
-    engine = CompiledEngine(EngineSettings(model_dir=Path(spec["model_dir"]), device=device,
-                                           dtype=resolve_dtype(spec["dtype"], device), max_batch_size=batch,
-                                           max_input_len=longest, max_new_tokens=spec["max_new_tokens"],
-                                           options=spec.get("engine_options", {}), trust_remote_code=trust))
+    target = BenchSpec(model="build", model_dir=spec["model_dir"], engine="compiled", prompt_set="build",
+                       prompt_spec={"tokens": longest, "count": 1}, batch_size=batch,
+                       max_new_tokens=spec["max_new_tokens"], seed=spec.get("seed", 0), device=spec["device"],
+                       dtype=spec["dtype"], engine_options=spec.get("engine_options", {}),
+                       trust_remote_code=spec.get("trust_remote_code", False))
+    tok = load_tokenizer(Path(spec["model_dir"]), target.trust_remote_code)
+    engine = CompiledEngine(engine_settings(target, device, resolve_dtype(spec["dtype"], device), longest))
     engine.load()
     # The full output length: the step reads its token from the output buffer, whose stride (the
     # length) is part of the compiled graph's cache key.

@@ -48,9 +48,18 @@ def cmd_fetch_model(a) -> int:
 
 
 def _write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
-    # The JSONL first: the JSON result is what satisfies a target, so it is written last.
+    """The result is checked against its schema before it is written. One that does not match is kept
+    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails.
+    The JSONL first: the JSON result is what satisfies a target, so it is written last."""
+    from inference_optim_llm.report import ResultFileError, check_result
     if records_out:
         write_jsonl(records_out, records)
+    try:
+        check_result(result, "the measured result")
+    except ResultFileError as e:
+        kept = Path(output or "result.json").with_suffix(".invalid.json")
+        write_json(kept, result)
+        raise ResultFileError(f"{e}; kept as {kept}") from None
     if output:
         write_json(output, result)
 

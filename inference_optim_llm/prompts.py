@@ -17,6 +17,11 @@ class PromptSet:
     token_ids: list[list[int]]   # what the engines receive
     notes: dict | None = None    # file sets: read_prompt_file_with_notes' counts + limit_applied
 
+    @property
+    def longest(self) -> int:
+        """The longest prompt, in tokens: what the context check, the KV cache and the builds size for."""
+        return max(map(len, self.token_ids))
+
 
 # Characters str.splitlines() would break on besides "\n": kept inside a prompt, only counted.
 _LINE_BREAKS = frozenset("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")

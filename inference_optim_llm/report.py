@@ -20,18 +20,24 @@ class ResultFileError(ValueError):
     """A result file that is not a valid result; the message names the file."""
 
 
+def check_result(data, where) -> dict:
+    """Raise ResultFileError naming `where` unless data matches the result schema."""
+    schema = json.loads(RESULT_SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        at = "/".join(map(str, e.absolute_path)) or "(top level)"
+        raise ResultFileError(f"{where}: does not match inference_optim_llm/schemas/result.schema.json at {at}: "
+                              f"{e.message}")
+    return data
+
+
 def load_result(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultFileError(f"{path}: not a readable JSON result ({e})") from None
-    schema = json.loads(RESULT_SCHEMA.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        where = "/".join(map(str, e.absolute_path)) or "(top level)"
-        raise ResultFileError(f"{path}: does not match inference_optim_llm/schemas/result.schema.json at {where}: {e.message}")
-    return data
+    return check_result(data, path)
 
 
 def _med(metrics: dict | None, key: str, scale: float = 1.0):

@@ -73,9 +73,20 @@ class BenchSpec:
         return cls(**data)
 
 
+def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int,
+                    record_token_times: bool | None = None) -> EngineSettings:
+    """The one place a target's spec becomes an engine's settings (benchmark, reference and build jobs)."""
+    return EngineSettings(
+        model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=spec.batch_size,
+        max_input_len=max_input_len, max_new_tokens=spec.max_new_tokens, seed=spec.seed,
+        record_token_times=spec.record_token_times if record_token_times is None else record_token_times,
+        options=spec.engine_options, artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
+        trust_remote_code=spec.trust_remote_code)
+
+
 def check_context(ps: PromptSet, max_new_tokens: int, model_dir: str) -> None:
     limit = model_facts(Path(model_dir)).get("max_position_embeddings")
-    longest = max(len(p) for p in ps.token_ids)
+    longest = ps.longest
     if limit and longest + max_new_tokens > limit:
         raise ValueError(f"prompt set {ps.name!r}: longest prompt ({longest} tokens) + max_new_tokens "
                          f"({max_new_tokens}) exceeds the model's context ({limit} tokens)")
@@ -134,12 +145,7 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
         result["settings"]["prompt_file"] = ps.notes
     result["settings"]["padding"] = padding(len(ps.token_ids), spec.batch_size)
 
-    settings = EngineSettings(
-        model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=spec.batch_size,
-        max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens, seed=spec.seed,
-        record_token_times=spec.record_token_times, options=spec.engine_options,
-        artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
-        trust_remote_code=spec.trust_remote_code)
+    settings = engine_settings(spec, device, dtype, ps.longest)
     torch.manual_seed(spec.seed)
     engine = engine_class(spec.engine)(settings)
     try:
@@ -274,9 +280,7 @@ def reference_tokens(spec: BenchSpec) -> dict:
     """Greedy tokens of the baseline engine at batch 1 for every prompt of the set: what other engines'
     outputs are compared with."""
     device, dtype, ps = prepare(spec)
-    settings = EngineSettings(model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=1,
-                              max_input_len=max(map(len, ps.token_ids)), max_new_tokens=spec.max_new_tokens,
-                              record_token_times=False, trust_remote_code=spec.trust_remote_code)
+    settings = engine_settings(spec, device, dtype, ps.longest, record_token_times=False)
     engine = engine_class("baseline")(settings)
     engine.load()
     tokens = []

@@ -107,7 +107,7 @@ def check_engine_fits(built: dict, *, dtype: str, max_batch_size: int, max_input
                          f"{max_input_len} + {max_new_tokens} = {max_input_len + max_new_tokens}")
 
 
-def runtime_options(options: dict) -> dict:
+def kv_cache_kwargs(options: dict) -> dict:
     """settings.options -> validated KvCacheConfig kwargs (llm_args.py KvCacheConfig field names).
 
     kv_cache_free_gpu_mem_fraction: share of free GPU memory for the KV pool, 0.9 by default as in
@@ -246,8 +246,8 @@ def build_for_spec(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     sets = [load_prompt_set(n, p, tok, spec["seed"]) for n, p in spec["prompt_sets"].items()]
     for ps in sets:   # before any build work
         check_context(ps, spec["max_new_tokens"], model_dir)
-    longest = max(max(map(len, ps.token_ids)) for ps in sets)
-    dtype = "bfloat16" if spec["dtype"] == "auto" else spec["dtype"]
+    longest = max(ps.longest for ps in sets)
+    dtype = hostfacts.resolve_dtype(spec["dtype"], "cuda")   # TensorRT-LLM runs on CUDA only
     settings = build_settings(json.loads((model_dir / "config.json").read_text()), dtype=dtype,
                               max_batch_size=max(spec["batch_sizes"]), max_input_len=longest,
                               max_seq_len=longest + spec["max_new_tokens"],

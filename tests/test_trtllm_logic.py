@@ -14,7 +14,7 @@ from inference_optim_llm.engines.base import EngineSettings, EngineUnavailable
 from inference_optim_llm.engines.trtllm import TrtllmEngine, TrtllmTorchEngine
 from inference_optim_llm.trtllm_build import (build_engine, build_settings, check_engine_fits,
                                               compute_capability, installed_version, parse_stream_output,
-                                              read_build_settings, runtime_options, trtllm_dtype)
+                                              read_build_settings, kv_cache_kwargs, trtllm_dtype)
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 49152,
@@ -90,9 +90,9 @@ def test_check_engine_fits():
             check_engine_fits(built, **args)
 
 
-def test_runtime_options_defaults_follow_trtllm_bench():
-    assert runtime_options({}) == {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": False}
-    assert runtime_options({"kv_cache_free_gpu_mem_fraction": 0.5, "enable_block_reuse": True}) == \
+def test_kv_cache_kwargs_defaults_follow_trtllm_bench():
+    assert kv_cache_kwargs({}) == {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": False}
+    assert kv_cache_kwargs({"kv_cache_free_gpu_mem_fraction": 0.5, "enable_block_reuse": True}) == \
         {"free_gpu_memory_fraction": 0.5, "enable_block_reuse": True}
 
 
@@ -101,9 +101,9 @@ def test_runtime_options_defaults_follow_trtllm_bench():
     ({"kv_cache_free_gpu_mem_fraction": 1.5}, "fraction"), ({"kv_cache_free_gpu_mem_fraction": "0.9"}, "fraction"),
     ({"enable_block_reuse": "no"}, "enable_block_reuse"),
 ])
-def test_runtime_options_rejects_bad_values(options, match):
+def test_kv_cache_kwargs_rejects_bad_values(options, match):
     with pytest.raises(ValueError, match=match):
-        runtime_options(options)
+        kv_cache_kwargs(options)
 
 
 # --- stream snapshots -----------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def configure_inductor(device: str, options: dict) -> None:
     dc.cache_size_limit = 64            # one compiled step per (batch, cache length) in one process
     ic.fx_graph_cache = True
     # coordinate_descent_tuning tunes generated kernels' launch parameters, as gpt-fast does.
-    # Off by default: on an H200 (2026-11-27) it made the 1B decode step slower (1.27 against 1.18 ms).
+    # Off by default: it did not make the decode step faster where it was tried (docs/measurements/README.md).
     ic.coordinate_descent_tuning = bool(options.get("coordinate_descent_tuning", False))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from inference_optim_llm.engines.base import BatchOutput, Engine, EngineUnavailable
 from inference_optim_llm.trtllm_build import (check_engine_fits, import_trtllm, parse_stream_output,
-                                              read_build_settings, runtime_options, static_batch_num_tokens,
+                                              read_build_settings, kv_cache_kwargs, static_batch_num_tokens,
                                               trtllm_dtype, unavailable_reason)
 
 
@@ -53,7 +53,7 @@ class _LlmApiEngine(Engine):
         from tensorrt_llm.llmapi import KvCacheConfig, SamplingParams
 
         self._sampling_params_cls = SamplingParams
-        self.llm = self._create_llm(KvCacheConfig(**runtime_options(s.options)))
+        self.llm = self._create_llm(KvCacheConfig(**kv_cache_kwargs(s.options)))
         # One loop for the engine's life: a result gets an asyncio queue bound to the loop running when
         # generate_async is called (executor/result.py GenerationResultBase, executor/utils.py
         # has_event_loop), so every batch runs on the same loop.
