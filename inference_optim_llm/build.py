@@ -61,7 +61,7 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
         (batch, L), longest = shape
         t = time.perf_counter()
         cmd = [sys.executable, "-m", "inference_optim_llm", "build-engine", "compiled", "--spec", json.dumps(spec),
-               "--out", str(out_dir), "--shape", f"{batch},{longest}"]
+               "--output", str(out_dir), "--shape", f"{batch},{longest}"]
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         running.add(proc)
         try:

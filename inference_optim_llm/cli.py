@@ -38,10 +38,10 @@ def _check_outputs(*pairs: tuple[str | None, str]) -> None:
             check_writable(path, flag)
 
 
-def cmd_fetch_model(a) -> int:
+def cmd_download_model(a) -> int:
     from inference_optim_llm import models
     bounds.check("network_timeout_s", a.network_timeout_s, "--network-timeout-s")
-    models.materialize(a.name, a.source, Path(a.out), download_dir=Path(a.download_dir),
+    models.download_model(a.name, a.source, Path(a.out), download_dir=Path(a.download_dir),
                        local_roots=[Path(r) for r in a.local_root] or None, network_timeout_s=a.network_timeout_s)
     print(f"model {a.name} ready in {a.out}", file=sys.stderr)
     return 0
@@ -145,7 +145,7 @@ def cmd_run(a) -> int:
                 raise ValueError(f"--model-name {a.model_name}: {model_dir} holds {had}, not {a.model_source}; "
                                  "choose another --model-name")
         else:   # refuses to replace a directory it did not make
-            models.materialize(a.model_name, a.model_source, model_dir, download_dir=Path("resources/downloads"))
+            models.download_model(a.model_name, a.model_source, model_dir, download_dir=Path("resources/downloads"))
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(a.prompts_file).stem).lstrip("._-")
     spec = BenchSpec(model=a.model_name, model_dir=str(model_dir), engine=a.engine,
                      prompt_set=stem[:64] or "prompts", prompt_spec={"file": a.prompts_file},
@@ -201,23 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run code shipped with the model (only for models you trust)")
     r.set_defaults(fn=cmd_run)
 
-    f = sub.add_parser("fetch-model", help="materialise a model source as a Hugging Face directory")
+    f = sub.add_parser("download-model", aliases=["fetch-model"],
+                       help="make a model source a Hugging Face directory (rule download_model)")
     f.add_argument("--name", required=True)
     f.add_argument("--source", required=True)
-    f.add_argument("--out", required=True)
+    f.add_argument("--output", "--out", dest="out", required=True, help="the model directory to create")
     f.add_argument("--download-dir", default="resources/downloads")
     f.add_argument("--local-root", action="append", default=[], help="allowed root for local: sources")
     f.add_argument("--network-timeout-s", type=float, default=60,
                    help="seconds to wait for a server's answer (connect and each read) before failing")
-    f.set_defaults(fn=cmd_fetch_model)
+    f.set_defaults(fn=cmd_download_model)
 
-    b = sub.add_parser("bench", help="run one benchmark target from a JSON spec (what Snakemake calls)")
+    b = sub.add_parser("run-benchmark", aliases=["bench"],
+                       help="run one benchmark target from a JSON spec (rule run_benchmark)")
     b.add_argument("--spec", required=True, help="JSON object, fields of runner.BenchSpec")
     b.add_argument("--output", required=True, help="result JSON")
     b.add_argument("--records", help="per-request JSONL records")
     b.set_defaults(fn=cmd_bench)
 
-    ref = sub.add_parser("reference", help="baseline greedy tokens at batch 1, for token agreement")
+    ref = sub.add_parser("reference-tokens", aliases=["reference"],
+                         help="baseline greedy tokens at batch 1, for token agreement (rule reference_tokens)")
     ref.add_argument("--spec", required=True)
     ref.add_argument("--output", required=True)
     ref.set_defaults(fn=cmd_reference)
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("build-engine", help="build an engine's cached artifact (compile cache, TensorRT engine)")
     be.add_argument("engine", help=f"an engine with a build step: {', '.join(built_engines())}")
     be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
-    be.add_argument("--out", required=True, help="artifact directory")
+    be.add_argument("--output", "--out", dest="out", required=True, help="artifact directory")
     be.add_argument("--workers", type=int, default=1, help="compiled: shapes compiled side by side")
     be.add_argument("--shape", help=argparse.SUPPRESS)
     be.set_defaults(fn=cmd_build_engine)

@@ -140,7 +140,7 @@ def check_name(name: str, what: str = "model name") -> str:
     return name
 
 
-def materialize(name: str, source: str, out_dir: Path, *, download_dir: Path,
+def download_model(name: str, source: str, out_dir: Path, *, download_dir: Path,
                 local_roots: list[Path] | None = None, network_timeout_s: float = 60) -> None:
     """Create out_dir as a Hugging Face model directory. Built in a temporary directory, then renamed;
     an existing out_dir is replaced only if this tool made it (io.publish_dir)."""

@@ -19,9 +19,9 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     """The embedded model materialised as a plain Hugging Face directory (fp32 safetensors)."""
-    from inference_optim_llm.models import materialize
+    from inference_optim_llm.models import download_model
     out = tmp_path_factory.mktemp("models") / "smollm2-135m"
-    materialize("smollm2-135m", "embedded:smollm2-135m-instruct", out, download_dir=smollm2_gguf.parent)
+    download_model("smollm2-135m", "embedded:smollm2-135m-instruct", out, download_dir=smollm2_gguf.parent)
     return out
 
 

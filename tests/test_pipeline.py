@@ -153,7 +153,7 @@ def test_compile_cache_makes_warmup_shorter(run, tmp_path):
     for name, artifact in (("with", str(run / "resources/engines/smollm2-135m/compiled")), ("without", None)):
         out = tmp_path / f"{name}.json"
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")}
-        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "bench", "--spec",
+        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "run-benchmark", "--spec",
                                json.dumps({**spec, "artifact_dir": artifact}), "--output", str(out)],
                               capture_output=True, text=True, env=env, timeout=900)
         assert proc.returncode == 0, proc.stderr[-2000:]

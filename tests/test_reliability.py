@@ -247,8 +247,8 @@ def test_values_never_reach_the_shell_unquoted_and_the_token_is_never_written(tm
 
 @pytest.mark.slow
 def test_trust_remote_code_is_off_unless_a_model_opts_in(tmp_path, smollm2_gguf):
-    from inference_optim_llm.models import materialize
-    materialize("tiny", "synthetic:llama-tiny", tmp_path / "tiny", download_dir=smollm2_gguf.parent)
+    from inference_optim_llm.models import download_model
+    download_model("tiny", "synthetic:llama-tiny", tmp_path / "tiny", download_dir=smollm2_gguf.parent)
     assert "trust_remote_code" not in json.loads((tmp_path / "tiny" / "manifest.json").read_text())
     config = with_changes(models={"tiny": {"source": "synthetic:llama-tiny", "trust_remote_code": "yes"}})
     proc = snakemake(workdir(tmp_path / "wd", config), "-n")

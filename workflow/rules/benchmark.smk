@@ -40,7 +40,7 @@ rule reference_tokens:
     resources:
         gpu=1,
     shell:
-        "python -m inference_optim_llm reference --spec {params.spec:q} --output {output:q} > {log} 2>&1"
+        "python -m inference_optim_llm reference-tokens --spec {params.spec:q} --output {output:q} > {log} 2>&1"
 
 
 rule run_benchmark:
@@ -65,5 +65,5 @@ rule run_benchmark:
     resources:
         gpu=1,
     shell:
-        "python -m inference_optim_llm bench --spec {params.spec:q} "
+        "python -m inference_optim_llm run-benchmark --spec {params.spec:q} "
         "--output {output.result:q} --records {output.records:q} > {log} 2>&1"

@@ -122,7 +122,7 @@ def model_source(wildcards):
 
 
 def fetch_flags(wildcards):
-    """Extra fetch-model flags, each value quoted for the shell. (Whether a model's code is trusted is
+    """Extra download-model flags, each value quoted for the shell. (Whether a model's code is trusted is
     not the fetch's business: each job that loads the model passes its config's trust_remote_code.)"""
     flags = [f"--local-root {shlex.quote(r)}" for r in config["local_model_roots"]]
     flags.append(f"--network-timeout-s {config['network_timeout_s']}")

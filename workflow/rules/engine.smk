@@ -21,4 +21,4 @@ rule build_engine:
         gpu=1,
     shell:
         "python -m inference_optim_llm build-engine {params.engine} --spec {params.spec:q} "
-        "--out {output:q} --workers {threads} > {log} 2>&1"
+        "--output {output:q} --workers {threads} > {log} 2>&1"

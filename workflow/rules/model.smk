@@ -12,5 +12,5 @@ rule download_model:
         flags=fetch_flags,
         download_dir=config["download_dir"],
     shell:
-        "python -m inference_optim_llm fetch-model --name {wildcards.model} --source {params.source:q} "
-        "--out {output:q} --download-dir {params.download_dir:q} {params.flags} > {log} 2>&1"
+        "python -m inference_optim_llm download-model --name {wildcards.model} --source {params.source:q} "
+        "--output {output:q} --download-dir {params.download_dir:q} {params.flags} > {log} 2>&1"
