@@ -1,0 +1,185 @@
+"""The benchmark matrix of a workflow configuration: its cells, the paths of every file it makes, and
+each target's spec, built once here (workflow/rules/common.smk is thin glue over this).
+
+A benchmark or reference target's spec is a `runner.BenchSpec`, checked when it is built; a build's spec
+is the plain dict that `build.build` takes (also its between-workflow cache key).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import cache
+from itertools import product
+from pathlib import Path
+
+from inference_optim_llm.engines import ENGINES, build_key, built_engines, check_options, runtime_options
+from inference_optim_llm.intermediates import IntermediateError, check_existing
+from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
+from inference_optim_llm.prompts import PromptError, read_prompt_file
+from inference_optim_llm.runner import BenchSpec
+
+CALIBRATION = "results/calibration/bandwidth.json"
+
+
+def result_path(model, engine, prompt_set, batch) -> str:
+    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json"
+
+
+def reference_path(model, prompt_set) -> str:
+    return f"results/reference/{model}/{prompt_set}.json"
+
+
+def model_path(model) -> str:
+    return f"resources/models/{model}"
+
+
+def artifact_path(model, engine) -> str:
+    return f"resources/engines/{model}/{engine}"
+
+
+class Plan:
+    def __init__(self, config: dict):
+        self.config = config
+        self.bench = config["benchmark"]
+
+    # -- the matrix ---------------------------------------------------------------------------------
+    @property
+    def local_roots(self) -> list[Path]:
+        return [Path(r) for r in self.config["local_model_roots"]]
+
+    @cache  # noqa: B019 (one Plan per workflow)
+    def cells(self) -> list[tuple]:
+        """Every (model, engine, prompt_set, batch_size) of the matrix, once, in config order; only the
+        engines that the optional `engines` key names."""
+        only = self.config.get("engines")
+        seen = {}
+        for block in self.config["matrix"]:
+            for cell in product(block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"]):
+                if only is None or cell[1] in only:
+                    seen.setdefault(cell, None)
+        return list(seen)
+
+    def all_results(self) -> list[str]:
+        return [result_path(*c) for c in self.cells()]
+
+    def engine_cells(self, engine) -> list[tuple]:
+        """One engine's cells; an engine absent from the (selected) matrix gets the matrix's cells, so that
+        `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
+        mine = [c for c in self.cells() if c[1] == engine]
+        return mine or sorted({(m, engine, p, b) for m, _, p, b in self.cells()})
+
+    def engine_result_paths(self, engine) -> list[str]:
+        return [result_path(*c) for c in self.engine_cells(engine)]
+
+    # -- inputs of a target -----------------------------------------------------------------------------
+    def prompt_files(self, prompt_sets) -> list[str]:
+        sets = self.config["prompt_sets"]
+        return [sets[p]["file"] for p in sorted(set(prompt_sets)) if "file" in sets[p]]
+
+    def reference_input(self, model, prompt_set) -> str | None:
+        return reference_path(model, prompt_set) if self.bench["token_agreement"] else None
+
+    def calibration_input(self) -> str | None:
+        return CALIBRATION if self.bench["calibrate"] else None
+
+    def artifact_input(self, model, engine) -> str | None:
+        return artifact_path(model, engine) if engine in built_engines() else None
+
+    # -- specs --------------------------------------------------------------------------------------------
+    def trust_remote_code(self, model) -> bool:
+        return bool(self.config["models"][model].get("trust_remote_code", False))
+
+    def engine_options(self, engine) -> dict:
+        return runtime_options(engine, self.config["engine_options"].get(engine, {}))
+
+    def bench_spec(self, model, engine, prompt_set, batch_size, *, reference=True) -> dict:
+        """The spec of a benchmark target (reference=False: of the reference-tokens target)."""
+        b = self.bench
+        spec = BenchSpec(
+            model=model, model_dir=model_path(model), engine=engine, prompt_set=prompt_set,
+            prompt_spec=self.config["prompt_sets"][prompt_set], batch_size=int(batch_size),
+            max_new_tokens=b["max_new_tokens"], repetitions=b["repetitions"], warmup=b["warmup"], seed=b["seed"],
+            device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"],
+            strict=b["strict"], refuse_busy_gpu=b["refuse_busy_gpu"], engine_options=self.engine_options(engine),
+            reference=self.reference_input(model, prompt_set) if reference else None,
+            calibration=self.calibration_input() if reference else None,
+            artifact_dir=self.artifact_input(model, engine) if reference else None,
+            trust_remote_code=self.trust_remote_code(model))
+        return asdict(spec)
+
+    def reference_spec(self, model, prompt_set) -> dict:
+        return self.bench_spec(model, "baseline", prompt_set, 1, reference=False)
+
+    def build_spec(self, model, engine) -> dict:
+        """What changes the artifact: the model, the shapes the matrix uses with it, dtype, device, options,
+        and the host facts (versions, GPU) the engine's build depends on."""
+        mine = [c for c in self.engine_cells(engine) if c[0] == model]
+        b = self.bench
+        spec = {
+            "model_dir": model_path(model),
+            "batch_sizes": sorted({c[3] for c in mine}),
+            "prompt_sets": {p: self.config["prompt_sets"][p] for p in sorted({c[2] for c in mine})},
+            "max_new_tokens": b["max_new_tokens"], "seed": b["seed"], "device": b["device"], "dtype": b["dtype"],
+            "engine_options": self.engine_options(engine), "strict": b["strict"],
+            "trust_remote_code": self.trust_remote_code(model),
+        }
+        spec.update(self._host_build_key(engine))
+        return spec
+
+    @cache  # noqa: B019 (host facts for the build keys: read once per workflow, not once per job)
+    def _host_build_key(self, engine) -> dict:
+        return build_key(engine, self.config["engine_options"].get(engine, {}))
+
+    def build_prompt_files(self, model, engine) -> list[str]:
+        return self.prompt_files(c[2] for c in self.engine_cells(engine) if c[0] == model)
+
+    # -- checks --------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """What the JSON schema cannot say: cross-references, registered engines, files, model sources,
+        lengths against contexts, and the existing intermediates. Errors name the key or the file."""
+        config = self.config
+        for i, block in enumerate(config["matrix"]):
+            for key in ("models", "prompt_sets"):
+                for name in block[key]:
+                    if name not in config[key]:
+                        raise ValueError(f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
+                                         f"(defined: {', '.join(config[key])})")
+        registered = ", ".join(ENGINES)
+        for i, block in enumerate(config["matrix"]):
+            for name in block["engines"]:
+                if name not in ENGINES:
+                    raise ValueError(f"config matrix[{i}].engines: {name!r} is not a registered engine ({registered})")
+        for name in list(config.get("engines") or []) + list(config["engine_options"]):
+            if name not in ENGINES:
+                raise ValueError(f"config engines / engine_options: {name!r} is not a registered engine "
+                                 f"({registered})")
+        in_matrix = sorted({e for block in config["matrix"] for e in block["engines"]})
+        for name in config.get("engines") or []:
+            if name not in in_matrix:
+                raise ValueError(f"config engines: {name!r} is not an engine of the matrix "
+                                 f"(its engines: {', '.join(in_matrix)})")
+        used_sets = {p for block in config["matrix"] for p in block["prompt_sets"]}
+        for name, spec in config["prompt_sets"].items():
+            if "file" in spec and name in used_sets:
+                try:
+                    read_prompt_file(spec["file"])
+                except PromptError as e:
+                    raise ValueError(f"config prompt_sets.{name}.file: {e}") from None
+        for name, spec in config["models"].items():
+            try:
+                check_source(name, spec["source"], self.local_roots)
+            except ModelSourceError as e:
+                raise ValueError(f"config {e}") from None
+        for engine, options in config["engine_options"].items():
+            check_options(engine, options, "config engine_options")
+        check_prompt_lengths(config, self.cells(), self.local_roots)
+        cells = self.cells()
+        try:  # existing intermediates: a corrupt one stops the run here, before any result is deleted
+            check_existing(
+                [CALIBRATION] if self.bench["calibrate"] else [],
+                sorted({reference_path(m, p) for m, _, p, _ in cells}) if self.bench["token_agreement"] else [],
+                [model_path(m) for m in sorted({c[0] for c in cells})],
+                sorted({artifact_path(m, e) for m, e, _, _ in cells if e in built_engines()}),
+                self.all_results(),
+            )
+        except IntermediateError as e:
+            raise ValueError(f"intermediate file {e}") from None
