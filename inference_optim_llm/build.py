@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from inference_optim_llm import io
 from inference_optim_llm.intermediates import check_engine_artifact
-from inference_optim_llm.hostfacts import log, mentions_out_of_memory, resolve_device, resolve_dtype
+from inference_optim_llm.hostfacts import log, resolve_device, resolve_dtype
 from inference_optim_llm.runner import check_context
 
 
@@ -39,8 +38,7 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     shorter: docs/measurements/README.md). Code generation is CPU work, so shapes
     compile side by side, `workers` at a time (the build job's threads); inductor
     writes its cache entries atomically, as it does for the ranks of one training job."""
-    import subprocess
-    import sys
+    import multiprocessing
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -53,29 +51,30 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     shapes = {}
     for batch, longest in compiled_shapes(spec, tok):
         shapes.setdefault((batch, cache_len(longest, spec["max_new_tokens"])), longest)
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(out_dir).resolve() / INDUCTOR_DIR)}
-
-    running: set[subprocess.Popen] = set()
+    cache_dir = str(Path(out_dir).resolve() / INDUCTOR_DIR)
+    spawn = multiprocessing.get_context("spawn")   # a fresh interpreter per shape, as a benchmark job is
+    running: set = set()
 
     def compile_shape(shape):
         (batch, L), longest = shape
         t = time.perf_counter()
-        cmd = [sys.executable, "-m", "inference_optim_llm", "build-engine", "compiled", "--spec", json.dumps(spec),
-               "--output", str(out_dir), "--shape", f"{batch},{longest}"]
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        receive, send = spawn.Pipe(duplex=False)
+        proc = spawn.Process(target=_compile_worker, args=(spec, cache_dir, batch, longest, send), daemon=True)
+        proc.start()
+        send.close()
         running.add(proc)
         try:
-            _, stderr = proc.communicate()
+            status, message = receive.recv() if receive.poll(None) else ("error", "no answer")
+        except EOFError:
+            status, message = "error", "the worker died without an answer"
         finally:
+            proc.join()
             running.discard(proc)
-        sys.stderr.write(f"--- batch {batch}, cache {L} ---\n{stderr}")
-        status = "ok"
-        if proc.returncode != 0:
-            if not mentions_out_of_memory(stderr):
-                raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.returncode})")
-            status = "oom"  # this shape does not fit: its benchmark job records the OOM, the rest go on
+        if status == "error":
+            raise RuntimeError(f"compiling batch {batch}, cache {L} failed (exit {proc.exitcode}): {message}")
+        # oom: this shape does not fit; its benchmark job records the OOM, the other shapes go on
         compile_s = time.perf_counter() - t
-        log(f"compiled batch {batch}, cache {L}: {status}, {compile_s:.1f} s")
+        log(f"compiled batch {batch}, cache {L}: {status}, {compile_s:.1f} s" + (f" ({message})" if message else ""))
         return {"batch_size": batch, "cache_len": L, "status": status, "compile_s": compile_s}
 
     items = sorted(shapes.items())
@@ -87,6 +86,7 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     except BaseException:   # interrupted (SIGTERM, Ctrl-C) or failed: stop the other compiling processes
         for proc in list(running):
             proc.terminate()
+            proc.join(10)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -108,7 +108,19 @@ def compiled_build_key(options: dict) -> dict:
     return {"torch_version": installed_version("torch"), "compute_capability": compute_capability()}
 
 
-def compile_one_shape(spec: dict, out_dir: Path, batch: int, longest: int) -> None:
+def _compile_worker(spec: dict, cache_dir: str, batch: int, longest: int, send) -> None:
+    """In a spawned process: compile one shape into the artifact's inductor cache, answer (status, message)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir   # before torch compiles anything in this process
+    from inference_optim_llm.hostfacts import is_out_of_memory
+    try:
+        compile_one_shape(spec, batch, longest)
+        send.send(("ok", ""))
+    except Exception as e:
+        log(f"batch {batch}: {type(e).__name__}: {e}")
+        send.send(("oom" if is_out_of_memory(e) else "error", f"{type(e).__name__}: {str(e)[:300]}"))
+
+
+def compile_one_shape(spec: dict, batch: int, longest: int) -> None:
     """Compile the decode step for one shape, as a benchmark job does (into $TORCHINDUCTOR_CACHE_DIR)."""
     from inference_optim_llm.engines.compiled import CompiledEngine
     from inference_optim_llm.models import load_tokenizer

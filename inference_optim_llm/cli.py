@@ -99,13 +99,9 @@ def cmd_calibrate(a) -> int:
 
 
 def cmd_build_engine(a) -> int:
-    from inference_optim_llm.build import build, compile_one_shape
+    from inference_optim_llm.build import build
     if not 1 <= a.workers <= 1024:
         raise ValueError(f"--workers: {a.workers} is outside 1 to 1024")
-    if a.shape:  # internal: one compiled shape, in its own process (build_compiled calls this)
-        batch, longest = map(int, a.shape.split(","))
-        compile_one_shape(json.loads(a.spec), Path(a.out), batch, longest)
-        return 0
     build(a.engine, json.loads(a.spec), Path(a.out), a.workers)
     return 0
 
@@ -236,7 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--spec", required=True, help="JSON: model_dir, batch_sizes, prompt_sets, max_new_tokens, ...")
     be.add_argument("--output", "--out", dest="out", required=True, help="artifact directory")
     be.add_argument("--workers", type=int, default=1, help="compiled: shapes compiled side by side")
-    be.add_argument("--shape", help=argparse.SUPPRESS)
     be.set_defaults(fn=cmd_build_engine)
 
     g = sub.add_parser("aggregate", help="summary CSV, markdown report and plots from result files")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from inference_optim_llm import bandwidth, bounds, metrics, provenance
 from inference_optim_llm.engines import ENGINES, EngineSettings, EngineUnavailable, check_options, engine_class
-from inference_optim_llm.hostfacts import (DeviceError, check_device, is_out_of_memory, log,  # noqa: F401
-                                           mentions_out_of_memory, resolve_device, resolve_dtype)
+from inference_optim_llm.hostfacts import check_device, is_out_of_memory, log, resolve_device, resolve_dtype
 from inference_optim_llm.intermediates import check_reference, read_calibration, read_reference
 from inference_optim_llm.models import check_name, load_tokenizer, model_facts
 from inference_optim_llm.prompts import PromptSet, batches, load_prompt_set
