@@ -11,31 +11,14 @@ import signal
 import sys
 from pathlib import Path
 
-from inference_optim_llm import bounds
-from inference_optim_llm.io import check_writable, write_json, write_jsonl
+from inference_optim_llm import bounds, stages
 
 DEFAULT_SOURCE = "embedded:smollm2-135m-instruct"
-
-
-class Terminated(BaseException):
-    """SIGTERM (what SLURM and Snakemake send) or SIGHUP: raised like Ctrl-C's KeyboardInterrupt, so every
-    `except BaseException` clean-up (temporary files and directories, child processes) runs."""
-
-
-def _terminate(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
 
 
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
-
-
-def _check_outputs(*pairs: tuple[str | None, str]) -> None:
-    """Before any measurement: every output can be written (the error names the flag and the path)."""
-    for path, flag in pairs:
-        if path:
-            check_writable(path, flag)
 
 
 def cmd_download_model(a) -> int:
@@ -47,54 +30,20 @@ def cmd_download_model(a) -> int:
     return 0
 
 
-def _write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
-    """The result is checked against its schema before it is written. One that does not match is kept
-    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails.
-    The JSONL first: the JSON result is what satisfies a target, so it is written last."""
-    from inference_optim_llm.report import ResultFileError, check_result
-    if records_out:
-        write_jsonl(records_out, records)
-    try:
-        check_result(result, "the measured result")
-    except ResultFileError as e:
-        kept = Path(output or "result.json").with_suffix(".invalid.json")
-        write_json(kept, result)
-        raise ResultFileError(f"{e}; kept as {kept}") from None
-    if output:
-        write_json(output, result)
-
-
 def cmd_bench(a) -> int:
-    from inference_optim_llm.runner import BenchSpec, run
-    spec = BenchSpec.from_json(a.spec)
-    _check_outputs((a.output, "--output"), (a.records, "--records"))
-    result, records = run(spec)
-    _write_result(result, records, a.output, a.records)
+    from inference_optim_llm.runner import BenchSpec
+    stages.run_benchmark(BenchSpec.from_json(a.spec), a.output, a.records)
     return 0
 
 
 def cmd_reference(a) -> int:
-    from inference_optim_llm.runner import BenchSpec, reference_tokens
-    spec = BenchSpec.from_json(a.spec)
-    _check_outputs((a.output, "--output"))
-    write_json(a.output, reference_tokens(spec))
+    from inference_optim_llm.runner import BenchSpec
+    stages.reference_tokens(BenchSpec.from_json(a.spec), a.output)
     return 0
 
 
 def cmd_calibrate(a) -> int:
-    from inference_optim_llm import bandwidth, provenance
-    from inference_optim_llm.intermediates import check_calibration
-    from inference_optim_llm.hostfacts import resolve_device
-    if not 16 <= a.size_mb <= 65536:
-        raise ValueError(f"--size-mb: {a.size_mb} is outside 16 to 65536")
-    device = resolve_device(a.device)
-    _check_outputs((a.output, "--output"))
-    result = bandwidth.measure(device, size_mb=a.size_mb if device.startswith("cuda") else min(a.size_mb, 256))
-    info = provenance.gpu_info()
-    result.update(gpu_name=info["gpu_name"] if device.startswith("cuda") else None, cpu=provenance.cpu_name(),
-                  host=provenance.socket.gethostname(), time_utc=provenance.now_utc())
-    write_json(a.output, check_calibration(result, a.output))
-    print(f"{device}: {result['bandwidth_gb_s']:.0f} GB/s (copy of {result['size_mb']} MiB, read + write)")
+    stages.calibrate(a.device, a.output, a.size_mb)
     return 0
 
 
@@ -113,7 +62,7 @@ def cmd_run(a) -> int:
     from inference_optim_llm.prompts import read_prompt_file
     from inference_optim_llm.report import console_summary
     from inference_optim_llm.hostfacts import resolve_device
-    from inference_optim_llm.runner import BenchSpec, run
+    from inference_optim_llm.runner import BenchSpec
 
     # Every value checked before any work: the same bounds as the config keys, errors name the flag.
     if a.engine not in ENGINES:
@@ -125,7 +74,7 @@ def cmd_run(a) -> int:
     models.parse_source(a.model_source)
     read_prompt_file(a.prompts_file)
     resolve_device(a.device)
-    _check_outputs((a.save_json, "--save-json"), (a.save_result, "--save-result"))
+    stages.check_outputs((a.save_json, "--save-json"), (a.save_result, "--save-result"))
 
     if a.model_dir:   # the user's directory: used as it is, never written to
         model_dir = Path(a.model_dir)
@@ -148,8 +97,7 @@ def cmd_run(a) -> int:
                      batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, repetitions=a.repetitions,
                      warmup=a.warmup, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict,
                      trust_remote_code=a.trust_remote_code)
-    result, records = run(spec)
-    _write_result(result, records, a.save_result, a.save_json)
+    result = stages.run_benchmark(spec, a.save_result, a.save_json, flags=("--save-result", "--save-json"))
     print(console_summary(result))
     return 0 if result["status"] == "ok" else 1
 
@@ -251,13 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+    stages.install_signal_handlers()
     try:
         return args.fn(args)
     except (ValueError, OSError) as e:  # bad input, an unwritable place: one clear line, no traceback
         return _fail(str(e))
-    except Terminated as e:
+    except stages.Terminated as e:
         print(f"stopped by {e}: temporary files removed, nothing half-written left", file=sys.stderr)
         return 128 + signal.Signals[str(e)].value
 

@@ -18,8 +18,8 @@ rule calibrate:
         device=BENCH["device"],
     resources:
         gpu=1,
-    shell:
-        "python -m inference_optim_llm calibrate --device {params.device} --output {output:q} > {log} 2>&1"
+    script:
+        "../scripts/calibrate.py"
 
 
 rule reference_tokens:
@@ -39,8 +39,8 @@ rule reference_tokens:
     threads: BENCH["threads"]
     resources:
         gpu=1,
-    shell:
-        "python -m inference_optim_llm reference-tokens --spec {params.spec:q} --output {output:q} > {log} 2>&1"
+    script:
+        "../scripts/reference_tokens.py"
 
 
 rule run_benchmark:
@@ -64,6 +64,5 @@ rule run_benchmark:
     threads: BENCH["threads"]
     resources:
         gpu=1,
-    shell:
-        "python -m inference_optim_llm run-benchmark --spec {params.spec:q} "
-        "--output {output.result:q} --records {output.records:q} > {log} 2>&1"
+    script:
+        "../scripts/run_benchmark.py"

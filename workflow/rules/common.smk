@@ -1,8 +1,6 @@
 # Glue between Snakemake and the package's plan of the matrix (inference_optim_llm/plan.py): wildcard
 # vocabularies and input functions. Specs are built and checked in the package. No rules here.
-import json
 import re
-import shlex
 
 from inference_optim_llm.engines import ENGINES
 from inference_optim_llm.plan import Plan
@@ -38,14 +36,6 @@ def model_source(wildcards):
     return config["models"][wildcards.model]["source"]
 
 
-def fetch_flags(wildcards):
-    """Extra download-model flags, each value quoted for the shell. (Whether a model's code is trusted is
-    not the download's business: each job that loads the model gets its config's trust_remote_code.)"""
-    flags = [f"--local-root {shlex.quote(r)}" for r in config["local_model_roots"]]
-    flags.append(f"--network-timeout-s {config['network_timeout_s']}")
-    return " ".join(flags)
-
-
 def prompt_inputs(wildcards):
     return PLAN.prompt_files([wildcards.prompt_set])
 
@@ -62,26 +52,26 @@ def calibration_input(wildcards):
     return PLAN.calibration_input() or []
 
 
-def calibration_flag(wildcards):
-    return f"--calibration {shlex.quote(PLAN.calibration_input())}" if BENCH["calibrate"] else ""
+def engine_report_title(wildcards):
+    return f"Inference-Optim-LLM: {wildcards.engine}"
 
 
 def build_prompt_inputs(wildcards):
     return PLAN.build_prompt_files(wildcards.model, wildcards.engine)
 
 
-# Specs travel to the job as one shell-quoted JSON argument; they are built and checked by the plan.
+# Specs are built and checked by the plan; the scripts receive them as plain data (params), never
+# through a shell line.
 def build_spec(wildcards):
-    return json.dumps(PLAN.build_spec(wildcards.model, wildcards.engine), sort_keys=True)
+    return PLAN.build_spec(wildcards.model, wildcards.engine)
 
 
 def bench_spec(wildcards):
-    spec = PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch))
-    return json.dumps(spec, sort_keys=True)
+    return PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch))
 
 
 def reference_spec(wildcards):
-    return json.dumps(PLAN.reference_spec(wildcards.model, wildcards.prompt_set), sort_keys=True)
+    return PLAN.reference_spec(wildcards.model, wildcards.prompt_set)
 
 
 PLAN.check()

@@ -11,7 +11,6 @@ rule build_engine:
     log:
         "results/logs/build_engine/{model}/{engine}.log",
     params:
-        engine="{engine}",
         spec=build_spec,
     # With --cache (and $SNAKEMAKE_OUTPUT_CACHE), a build is reused across workflows; its key hashes the
     # params, which name everything that changes the artifact (spec: shapes, dtype, versions, GPU).
@@ -19,6 +18,5 @@ rule build_engine:
     threads: BENCH["threads"]
     resources:
         gpu=1,
-    shell:
-        "python -m inference_optim_llm build-engine {params.engine} --spec {params.spec:q} "
-        "--output {output:q} --workers {threads} > {log} 2>&1"
+    script:
+        "../scripts/build_engine.py"

@@ -9,8 +9,8 @@ rule download_model:
         "results/logs/download_model/{model}.log",
     params:
         source=model_source,
-        flags=fetch_flags,
+        local_roots=config["local_model_roots"],
+        network_timeout_s=config["network_timeout_s"],
         download_dir=config["download_dir"],
-    shell:
-        "python -m inference_optim_llm download-model --name {wildcards.model} --source {params.source:q} "
-        "--output {output:q} --download-dir {params.download_dir:q} {params.flags} > {log} 2>&1"
+    script:
+        "../scripts/download_model.py"

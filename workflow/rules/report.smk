@@ -13,10 +13,9 @@ rule aggregate:
     log:
         "results/logs/aggregate.log",
     params:
-        calibration=calibration_flag,
-    shell:
-        "python -m inference_optim_llm aggregate {input.results:q} {params.calibration} "
-        "--out-md {output.md:q} --out-csv {output.csv:q} --plots-dir {output.plots:q} > {log} 2>&1"
+        title="Inference-Optim-LLM benchmark results",
+    script:
+        "../scripts/aggregate.py"
 
 
 rule aggregate_engine:
@@ -34,9 +33,6 @@ rule aggregate_engine:
     log:
         "results/logs/aggregate_{engine}.log",
     params:
-        calibration=calibration_flag,
-    shell:
-        "python -m inference_optim_llm aggregate {input.results:q} {params.calibration} "
-        "--out-md {output.md:q} --out-csv {output.csv:q} --plots-dir {output.plots:q} "
-        "--title 'Inference-Optim-LLM: {wildcards.engine}' "
-        "> {log} 2>&1"
+        title=engine_report_title,
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,107 @@
+"""The workflow's stages, one function each, named as their rules are (download_model, build_engine,
+calibrate, reference_tokens, run_benchmark, aggregate). The CLI commands and the workflow's scripts
+(workflow/scripts/, through `job`) call the same functions. Every output is checked writable before
+any measurement and written atomically."""
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from inference_optim_llm.io import check_writable, write_json, write_jsonl
+
+
+class Terminated(BaseException):
+    """SIGTERM (what SLURM and Snakemake send) or SIGHUP: raised like Ctrl-C's KeyboardInterrupt, so every
+    `except BaseException` clean-up (temporary files and directories, child processes) runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+
+
+def check_outputs(*pairs: tuple[str | None, str]) -> None:
+    """Before any measurement: every output can be written (the error names the flag and the path)."""
+    for path, flag in pairs:
+        if path:
+            check_writable(path, flag)
+
+
+def write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
+    """The result is checked against its schema before it is written. One that does not match is kept
+    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails.
+    The JSONL first: the JSON result is what satisfies a target, so it is written last."""
+    from inference_optim_llm.report import ResultFileError, check_result
+    if records_out:
+        write_jsonl(records_out, records)
+    try:
+        check_result(result, "the measured result")
+    except ResultFileError as e:
+        kept = Path(output or "result.json").with_suffix(".invalid.json")
+        write_json(kept, result)
+        raise ResultFileError(f"{e}; kept as {kept}") from None
+    if output:
+        write_json(output, result)
+
+
+def run_benchmark(spec, output: str | None, records: str | None, flags=("--output", "--records")) -> dict:
+    from inference_optim_llm.runner import run
+    check_outputs((output, flags[0]), (records, flags[1]))
+    result, rows = run(spec)
+    write_result(result, rows, output, records)
+    return result
+
+
+def reference_tokens(spec, output: str) -> None:
+    from inference_optim_llm.runner import reference_tokens as measure
+    check_outputs((output, "--output"))
+    write_json(output, measure(spec))
+
+
+def calibrate(device: str, output: str, size_mb: int = 1024) -> dict:
+    from inference_optim_llm import bandwidth, provenance
+    from inference_optim_llm.hostfacts import resolve_device
+    from inference_optim_llm.intermediates import check_calibration
+    if not 16 <= size_mb <= 65536:
+        raise ValueError(f"--size-mb: {size_mb} is outside 16 to 65536")
+    device = resolve_device(device)
+    check_outputs((output, "--output"))
+    result = bandwidth.measure(device, size_mb=size_mb if device.startswith("cuda") else min(size_mb, 256))
+    info = provenance.gpu_info()
+    result.update(gpu_name=info["gpu_name"] if device.startswith("cuda") else None, cpu=provenance.cpu_name(),
+                  host=provenance.socket.gethostname(), time_utc=provenance.now_utc())
+    write_json(output, check_calibration(result, output))
+    print(f"{device}: {result['bandwidth_gb_s']:.0f} GB/s (copy of {result['size_mb']} MiB, read + write)")
+    return result
+
+
+def paths(named_input) -> list[Path]:
+    """A named input as a list of paths (Snakemake gives one file as a plain string)."""
+    return [Path(named_input)] if isinstance(named_input, str) else [Path(p) for p in named_input]
+
+
+@contextmanager
+def job(snakemake):
+    """Around a workflow script: everything it prints (its child processes too) goes to the rule's log,
+    SIGTERM/SIGHUP clean up like Ctrl-C, and bad input ends the job with one line, no traceback."""
+    import os
+
+    log = open(snakemake.log[0], "w", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    install_signal_handlers()
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Terminated as e:
+        print(f"stopped by {e}: temporary files removed, nothing half-written left", file=sys.stderr)
+        sys.exit(128 + signal.Signals[str(e)].value)
