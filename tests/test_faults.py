@@ -411,7 +411,7 @@ def tiny_model(tmp_path_factory, smollm2_gguf) -> Path:
 
 
 def test_12_padding_is_recorded_and_left_out_of_request_statistics(tmp_path, tiny_model):
-    from inference_optim_llm.runner import padding
+    from inference_optim_llm.scenarios.static_batches import padding
 
     assert padding(13, 5) == {"batches_per_repetition": 3, "padding_requests_per_repetition": 2,
                               "padding_prompt_indices": [0, 1]}

@@ -211,7 +211,7 @@ def test_corrupt_or_foreign_result_file_is_named_by_the_aggregation(tmp_path):
 def test_busy_gpu_is_refused_only_when_configured():
     """Pure logic of the decision (the NVML reading itself is shown in docs/gpu-checks.md); the
     dictionaries below are fakes of NvmlSampler.busy_state()."""
-    from inference_optim_llm.runner import GpuBusyError, check_busy
+    from inference_optim_llm.scenarios.static_batches import GpuBusyError, check_busy
 
     fake_busy = {"busy": True, "other_processes": [{"pid": 42, "memory_mb": 2048.0}], "memory_used_mb": 3000.0,
                  "utilization_pct": 97.0}
