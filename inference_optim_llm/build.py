@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -173,14 +172,9 @@ def build(engine: str, spec: dict, out_dir: Path, workers: int | None = None) ->
     check_build_spec(engine, spec)
     out_dir = Path(out_dir)
     io.check_replaceable(out_dir, "engine artifact")
-    tmp = io.make_temp_dir(out_dir)
-    try:
-        from inference_optim_llm.engines import build_function
+    from inference_optim_llm.engines import build_function
+
+    with io.building_dir(out_dir, check=check_engine_artifact) as tmp:   # checked as it will be where read
         info = build_function(engine)(spec, tmp, workers)
         info["spec"] = spec
         io.write_json(tmp / "build_info.json", info)
-        check_engine_artifact(tmp)   # checked where written, as it will be where read
-        io.publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

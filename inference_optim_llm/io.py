@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -148,6 +149,21 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     os.rename(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def building_dir(dest: Path, check=None):
+    """Build a directory under a temporary name beside `dest`; on success `check(tmp)` (if given) and
+    publish it as `dest`; on any error or signal, remove it. The one way the tool makes a directory."""
+    tmp = make_temp_dir(dest)
+    try:
+        yield tmp
+        if check is not None:
+            check(tmp)
+        publish_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_writable(path: str | Path, flag: str) -> None:

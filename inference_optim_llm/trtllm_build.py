@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -209,8 +208,9 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
     from tensorrt_llm._tensorrt_engine import LLM
     from tensorrt_llm.llmapi import BuildConfig
 
-    tmp = io.make_temp_dir(out_dir)
-    try:
+    if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+        out_dir.rmdir()   # the empty directory build.build() made for it
+    with io.building_dir(out_dir) as tmp:
         build_config = BuildConfig(max_batch_size=settings["max_batch_size"],
                                    max_input_len=settings["max_input_len"],
                                    max_seq_len=settings["max_seq_len"],
@@ -221,12 +221,6 @@ def build_engine(model_dir: Path, out_dir: Path, settings: dict) -> None:
         finally:
             llm.shutdown()
         io.write_atomic(tmp / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
-            out_dir.rmdir()   # the empty directory build.build() made for it
-        io.publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 UNAVAILABLE_FILE = "UNAVAILABLE.json"
