@@ -93,8 +93,8 @@ def write_atomic(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
-    try:
+    try:   # created inside the try: a signal at any point leaves no temporary behind
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -155,8 +155,12 @@ def publish_dir(tmp: Path, dest: Path) -> None:
 def building_dir(dest: Path, check=None):
     """Build a directory under a temporary name beside `dest`; on success `check(tmp)` (if given) and
     publish it as `dest`; on any error or signal, remove it. The one way the tool makes a directory."""
-    tmp = make_temp_dir(dest)
-    try:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(dest)
+    tmp = temp_path(dest)
+    try:   # created inside the try: a signal at any point leaves no temporary behind
+        tmp.mkdir(mode=0o777)
         yield tmp
         if check is not None:
             check(tmp)
