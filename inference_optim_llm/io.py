@@ -32,6 +32,20 @@ class OutputError(ValueError):
     """An output that cannot be written, or a destination the tool will not overwrite."""
 
 
+class Interrupted(BaseException):
+    """A signal (SIGTERM, SIGINT, SIGHUP) stopped the process; its name is the message."""
+
+
+# Signals received (stages.install_signal_handlers records them). Once one has arrived nothing is
+# published, even if some library swallowed the exception the signal raised (a bare `except:`).
+INTERRUPTED: list[str] = []
+
+
+def _not_interrupted() -> None:
+    if INTERRUPTED:
+        raise Interrupted(INTERRUPTED[0])
+
+
 def _host() -> str:
     return socket.gethostname().replace("/", "_") or "host"
 
@@ -99,6 +113,7 @@ def write_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        _not_interrupted()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -142,6 +157,7 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     (tmp / MARKER).write_text(json.dumps({"tool": "inference-optim-llm", "pid": os.getpid(),
                                           "host": _host(), "time": time.time()}) + "\n")
     check_replaceable(dest)
+    _not_interrupted()
     old = None
     if dest.exists():
         old = temp_path(dest)

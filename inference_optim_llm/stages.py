@@ -9,20 +9,23 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from inference_optim_llm.io import check_writable, write_json, write_jsonl
+from inference_optim_llm.io import INTERRUPTED, Interrupted, check_writable, write_json, write_jsonl
 
 
-class Terminated(BaseException):
-    """SIGTERM (what SLURM and Snakemake send) or SIGHUP: raised like Ctrl-C's KeyboardInterrupt, so every
-    `except BaseException` clean-up (temporary files and directories, child processes) runs."""
+# SIGTERM (what SLURM and Snakemake send), SIGHUP and SIGINT raise Terminated, so every
+# `except BaseException` clean-up (temporary files and directories, child processes) runs; the signal
+# is also recorded, so that nothing is published afterwards even if a library swallows the exception.
+Terminated = Interrupted
 
 
 def _terminate(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    INTERRUPTED.append(name)
+    raise Terminated(name)
 
 
 def install_signal_handlers() -> None:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _terminate)
 
 

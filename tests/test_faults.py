@@ -506,3 +506,20 @@ def test_15_aggregate_refuses_path_names_from_result_files(tmp_path, field, valu
     assert proc.returncode == 2
     assert str(f) in proc.stderr and f"target/{field}" in proc.stderr and "does not match" in proc.stderr
     assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "out" / "r.md").exists()
+
+
+def test_6_nothing_is_published_after_a_signal_even_if_a_library_swallowed_it(tmp_path):
+    """A bare `except:` in some library can swallow the exception a signal raised; the signal is also
+    recorded (stages.install_signal_handlers), and nothing is published after it."""
+    from inference_optim_llm import io
+
+    io.INTERRUPTED.append("SIGTERM")   # what the handler records, as if its exception had been swallowed
+    try:
+        with pytest.raises(io.Interrupted, match="SIGTERM"):
+            io.write_json(tmp_path / "r.json", {})
+        with pytest.raises(io.Interrupted):
+            with io.building_dir(tmp_path / "d") as d:
+                (d / "f").write_text("x")
+    finally:
+        io.INTERRUPTED.clear()
+    assert list(tmp_path.iterdir()) == []
