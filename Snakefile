@@ -36,7 +36,7 @@ for _engine in ENGINES:
 
     rule:
         name:
-            _engine.replace("-", "_")
+            _engine
         input:
             f"results/reports/{_engine}/benchmark_results.md",
             engine_result_paths(_engine),

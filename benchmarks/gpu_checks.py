@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from inference_optim_llm import bandwidth, telemetry
-from inference_optim_llm.engines import EngineSettings, engine_class
+from inference_optim_llm.engines import engine_class
 from inference_optim_llm.models import model_facts
 from inference_optim_llm.prompts import random_token_ids
+from inference_optim_llm.spec import shape_settings
 
 
 def nvml_check() -> dict:
@@ -38,8 +39,7 @@ DEVICE, DTYPE = "cuda", "bfloat16"
 
 
 def engine(name, model_dir, batch, prompt_len, n, **options):
-    s = EngineSettings(model_dir=Path(model_dir), device=DEVICE, dtype=DTYPE, max_batch_size=batch,
-                       max_input_len=prompt_len, max_new_tokens=n, options=options)
+    s = shape_settings(model_dir, name, batch, prompt_len, n, DEVICE, DTYPE, options)
     e = engine_class(name)(s)
     t = time.perf_counter()
     e.load()

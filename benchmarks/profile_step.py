@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from inference_optim_llm import bandwidth
-from inference_optim_llm.engines import EngineSettings
 from inference_optim_llm.engines.compiled import CompiledEngine
 from inference_optim_llm.models import model_facts
 from inference_optim_llm.prompts import random_token_ids
+from inference_optim_llm.spec import shape_settings
 
 KINDS = (  # first match wins; names as CUPTI reports them
     ("attention", ("fmha", "attention", "flash", "efficient")),
@@ -61,8 +61,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if dev == "cuda" else None
 
     model_dir, B, P, N = Path(a.model_dir), a.batch, a.prompt_len, a.new_tokens
-    s = EngineSettings(model_dir=model_dir, device=dev, dtype=dtype, max_batch_size=B, max_input_len=P,
-                       max_new_tokens=N, artifact_dir=Path(a.artifact) if a.artifact else None)
+    s = shape_settings(model_dir, "compiled", B, P, N, dev, dtype, artifact_dir=a.artifact)
     e = CompiledEngine(s)
     t = time.perf_counter()
     e.load()

@@ -123,16 +123,15 @@ def compile_one_shape(spec: dict, batch: int, longest: int) -> None:
     """Compile the decode step for one shape, as a benchmark job does (into $TORCHINDUCTOR_CACHE_DIR)."""
     from inference_optim_llm.engines.compiled import CompiledEngine
     from inference_optim_llm.models import load_tokenizer
-    from inference_optim_llm.runner import BenchSpec, engine_settings
+    from inference_optim_llm.spec import shape_settings
 
     device = resolve_device(spec["device"])
-    target = BenchSpec(model="build", model_dir=spec["model_dir"], engine="compiled", prompt_set="build",
-                       prompt_spec={"tokens": longest, "count": 1}, batch_size=batch,
-                       max_new_tokens=spec["max_new_tokens"], seed=spec.get("seed", 0), device=spec["device"],
-                       dtype=spec["dtype"], engine_options=spec.get("engine_options", {}),
-                       trust_remote_code=spec.get("trust_remote_code", False))
-    tok = load_tokenizer(Path(spec["model_dir"]), target.trust_remote_code)
-    engine = CompiledEngine(engine_settings(target, device, resolve_dtype(spec["dtype"], device), longest))
+    trust = spec.get("trust_remote_code", False)
+    tok = load_tokenizer(Path(spec["model_dir"]), trust)
+    engine = CompiledEngine(shape_settings(
+        spec["model_dir"], "compiled", batch, longest, spec["max_new_tokens"], device,
+        resolve_dtype(spec["dtype"], device), spec.get("engine_options", {}), seed=spec.get("seed", 0),
+        trust_remote_code=trust))
     engine.load()
     # The full output length: the step reads its token from the output buffer, whose stride (the
     # length) is part of the compiled graph's cache key.
@@ -148,7 +147,7 @@ BUILD_SPEC_KEYS = {"model_dir", "batch_sizes", "prompt_sets", "max_new_tokens", 
 def check_build_spec(engine: str, spec: dict) -> None:
     """A build spec (from the workflow, or typed by hand) within the config's bounds; errors name the key."""
     from inference_optim_llm.engines import build_function, check_options
-    from inference_optim_llm.runner import BenchSpec
+    from inference_optim_llm.spec import BenchSpec
 
     build_function(engine)   # an engine without a build step is an error naming those with one
     if not isinstance(spec, dict) or set(spec) - BUILD_SPEC_KEYS or "model_dir" not in spec:

@@ -31,13 +31,13 @@ def cmd_download_model(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from inference_optim_llm.runner import BenchSpec
+    from inference_optim_llm.spec import BenchSpec
     stages.run_benchmark(BenchSpec.from_json(a.spec), a.output, a.records)
     return 0
 
 
 def cmd_reference(a) -> int:
-    from inference_optim_llm.runner import BenchSpec
+    from inference_optim_llm.spec import BenchSpec
     stages.reference_tokens(BenchSpec.from_json(a.spec), a.output)
     return 0
 
@@ -62,7 +62,7 @@ def cmd_run(a) -> int:
     from inference_optim_llm.prompts import read_prompt_file
     from inference_optim_llm.report import console_summary
     from inference_optim_llm.hostfacts import resolve_device
-    from inference_optim_llm.runner import BenchSpec
+    from inference_optim_llm.spec import BenchSpec
 
     # Every value checked before any work: the same bounds as the config keys, errors name the flag.
     if a.engine not in ENGINES:
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("run-benchmark", aliases=["bench"],
                        help="run one benchmark target from a JSON spec (rule run_benchmark)")
-    b.add_argument("--spec", required=True, help="JSON object, fields of runner.BenchSpec")
+    b.add_argument("--spec", required=True, help="JSON object, fields of spec.BenchSpec")
     b.add_argument("--output", required=True, help="result JSON")
     b.add_argument("--records", help="per-request JSONL records")
     b.set_defaults(fn=cmd_bench)

@@ -1,7 +1,7 @@
 """The benchmark matrix of a workflow configuration: its cells, the paths of every file it makes, and
 each target's spec, built once here (workflow/rules/common.smk is thin glue over this).
 
-A benchmark or reference target's spec is a `runner.BenchSpec`, checked when it is built; a build's spec
+A benchmark or reference target's spec is a `spec.BenchSpec`, checked when it is built; a build's spec
 is the plain dict that `build.build` takes (also its between-workflow cache key).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from inference_optim_llm.engines import ENGINES, build_key, built_engines, check
 from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
-from inference_optim_llm.runner import BenchSpec
+from inference_optim_llm.spec import BenchSpec
 
 CALIBRATION = "results/calibration/bandwidth.json"
 

@@ -9,7 +9,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from inference_optim_llm.io import INTERRUPTED, Interrupted, check_writable, write_json, write_jsonl
+from inference_optim_llm.io import INTERRUPTED, Interrupted, check_writable, write_json
 
 
 # SIGTERM (what SLURM and Snakemake send), SIGHUP and SIGINT raise Terminated, so every
@@ -37,20 +37,8 @@ def check_outputs(*pairs: tuple[str | None, str]) -> None:
 
 
 def write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
-    """The result is checked against its schema before it is written. One that does not match is kept
-    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails.
-    The JSONL first: the JSON result is what satisfies a target, so it is written last."""
-    from inference_optim_llm.report import ResultFileError, check_result
-    if records_out:
-        write_jsonl(records_out, records)
-    try:
-        check_result(result, "the measured result")
-    except ResultFileError as e:
-        kept = Path(output or "result.json").with_suffix(".invalid.json")
-        write_json(kept, result)
-        raise ResultFileError(f"{e}; kept as {kept}") from None
-    if output:
-        write_json(output, result)
+    from inference_optim_llm import results
+    results.write(result, records, output, records_out)
 
 
 def run_benchmark(spec, output: str | None, records: str | None, flags=("--output", "--records")) -> dict:

@@ -9,6 +9,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def workflow_config(name: str) -> dict:
+    """A workflow test's configuration, .test/config/NAME.yaml (a fresh copy: tests change keys in it)."""
+    import yaml
+    return yaml.safe_load((REPO / ".test" / "config" / f"{name}.yaml").read_text())
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The GGUF file, fetched with pip into the repository's download dir once (kept between runs)."""

@@ -361,7 +361,7 @@ def test_7_a_server_that_never_answers_fails_the_fetch_in_time(tmp_path):
 # -- 8, 9, 10. every value bounded and named, before any work ----------------------------------------------
 
 def test_8_spec_bounds_are_the_config_bounds():
-    from inference_optim_llm.runner import BenchSpec
+    from inference_optim_llm.spec import BenchSpec
 
     base = dict(model="m", model_dir="d", engine="baseline", prompt_set="p", prompt_spec={"tokens": 4},
                 batch_size=1, max_new_tokens=2)

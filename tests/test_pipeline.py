@@ -17,19 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_downloads
+from conftest import REPO, copy_downloads, workflow_config
 
-SMALL = {
-    "models": {"smollm2-135m": {"source": "embedded:smollm2-135m-instruct"}},
-    "prompt_sets": {"short": {"file": "data/prompts.txt", "limit": 2}, "tok8": {"tokens": 8, "count": 2}},
-    "matrix": [
-        {"models": ["smollm2-135m"], "engines": ["baseline", "compiled"], "prompt_sets": ["short", "tok8"],
-         "batch_sizes": [1, 2]},
-        {"models": ["smollm2-135m"], "engines": ["trtllm"], "prompt_sets": ["short"], "batch_sizes": [1]},
-    ],
-    "benchmark": {"max_new_tokens": 6, "repetitions": 1, "warmup": 1, "seed": 0, "threads": 2,
-                  "device": "cpu", "dtype": "float32"},
-}
+SMALL = workflow_config("pipeline")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -16,15 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_downloads
+from conftest import REPO, copy_downloads, workflow_config
 
-TINY = {
-    "models": {"tiny": {"source": "synthetic:llama-tiny"}},
-    "prompt_sets": {"p8": {"tokens": 8, "count": 2}},
-    "matrix": [{"models": ["tiny"], "engines": ["baseline"], "prompt_sets": ["p8"], "batch_sizes": [1, 2]}],
-    "benchmark": {"max_new_tokens": 4, "repetitions": 1, "warmup": 0, "device": "cpu", "dtype": "float32",
-                  "token_agreement": False, "calibrate": False},
-}
+TINY = workflow_config("tiny")
 
 
 def workdir(tmp: Path, config: dict, gguf: Path | None = None) -> Path:

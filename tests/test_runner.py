@@ -8,6 +8,7 @@ import json
 import pytest
 
 from inference_optim_llm import runner
+from inference_optim_llm.spec import BenchSpec
 from inference_optim_llm.engines.base import BatchOutput, Engine
 from inference_optim_llm.metrics import TokenCountError
 from inference_optim_llm.report import load_result
@@ -23,7 +24,6 @@ class FakeTokenizer:
 
 class FakeEngine(Engine):
     """Fake: returns `short` fewer tokens than asked when told to; token i of every request at i ms."""
-    name = "fake"
     short = 0
     calls: list[list[list[int]]] = []
 
@@ -43,7 +43,7 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "load_tokenizer", lambda *a: FakeTokenizer())
     monkeypatch.setattr(runner, "engine_class", lambda name: FakeEngine)
     FakeEngine.short, FakeEngine.calls = 0, []
-    return runner.BenchSpec(model="m", model_dir=str(tmp_path), engine="baseline", prompt_set="p",
+    return BenchSpec(model="m", model_dir=str(tmp_path), engine="baseline", prompt_set="p",
                             prompt_spec={"tokens": 4, "count": 3}, batch_size=2, max_new_tokens=5,
                             repetitions=2, warmup=1, device="cpu", dtype="float32")
 
@@ -74,3 +74,22 @@ def test_prompt_longer_than_the_context_fails_before_loading(fake):
     with pytest.raises(ValueError, match=r"longest prompt \(60 tokens\) \+ max_new_tokens \(5\) exceeds"):
         runner.run(fake)
     assert FakeEngine.calls == []
+
+
+def test_an_engine_result_field_must_be_declared_in_its_registry_entry(fake, monkeypatch):
+    """Engine.result_fields() adds fields to the result only as its registry entry declares them."""
+    from inference_optim_llm.engines import ENGINES
+
+    monkeypatch.setattr(FakeEngine, "result_fields", lambda self: {"cache_hits": 3}, raising=False)
+    with pytest.raises(ValueError, match="returned result field 'cache_hits', which its registry entry does not"):
+        runner.run(fake)
+    monkeypatch.setitem(ENGINES["baseline"], "result_fields", {"cache_hits": {"type": "integer"}})
+    result, _ = runner.run(fake)
+    assert result["cache_hits"] == 3
+    monkeypatch.setattr(FakeEngine, "result_fields", lambda self: {"cache_hits": "many"}, raising=False)
+    with pytest.raises(ValueError, match="result field 'cache_hits': 'many' is not of type 'integer'"):
+        runner.run(fake)
+    monkeypatch.setattr(FakeEngine, "result_fields", lambda self: {"status": "ok"}, raising=False)
+    monkeypatch.setitem(ENGINES["baseline"], "result_fields", {"status": {"type": "string"}})
+    with pytest.raises(ValueError, match="would replace a field of every result"):
+        runner.run(fake)

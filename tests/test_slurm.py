@@ -31,14 +31,7 @@ UP, DOWN = REPO / ".ci" / "slurm-up.sh", REPO / ".ci" / "slurm-down.sh"
 WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "profiles", "data", "docs", "envs"]  # envs: conda: directives
 SNAKEMAKE_TIMEOUT_S = 900
 
-CONFIG = {
-    "models": {"tiny": {"source": "synthetic:llama-tiny"}},
-    "prompt_sets": {"rand8": {"tokens": 8, "count": 2}},
-    "matrix": [{"models": ["tiny"], "engines": ["baseline"], "prompt_sets": ["rand8"], "batch_sizes": [1, 2]}],
-    "benchmark": {"max_new_tokens": 4, "repetitions": 1, "warmup": 0, "token_agreement": True,
-                  "threads": 1, "device": "cpu"},
-    "download_dir": "resources/downloads",
-}
+CONFIG = yaml.safe_load((REPO / ".test" / "config" / "slurm.yaml").read_text())
 REQUIRED_RULES = {"download_model", "reference_tokens", "run_benchmark", "aggregate"}
 # What the test override replaces in the site profile's per-rule requests (the rest, gpu included,
 # is used as written).

@@ -9,6 +9,9 @@ An entry says, for one engine:
   build_key  "module:function" (options) -> dict: host facts the artifact depends on (versions, GPU),
              part of the build's between-workflow cache key
   build_only_options   option keys used by the build only, not passed to the benchmark jobs
+  result_fields        JSON-schema properties of the engine's own result fields (Engine.result_fields())
+
+An engine's name (its key) is also its Snakemake target (`snakemake trtllm_torch`): lower case, digits, `_`.
 
 Engines outside this package register through the entry-point group `inference_optim_llm.engines`:
 `name = "package.module:ENTRY"`, where ENTRY is a dict like the ones below. Nothing else changes.
@@ -16,6 +19,7 @@ Engines outside this package register through the entry-point group `inference_o
 from __future__ import annotations
 
 import importlib
+import re
 
 import jsonschema
 
@@ -37,6 +41,7 @@ ENGINES: dict[str, dict] = {
         },
         "build": "inference_optim_llm.build:build_compiled",
         "build_key": "inference_optim_llm.build:compiled_build_key",
+        "result_fields": {"compile_cache_loaded": {"type": "boolean"}},
     },
     "trtllm": {
         "cls": "inference_optim_llm.engines.trtllm:TrtllmEngine",
@@ -49,8 +54,12 @@ ENGINES: dict[str, dict] = {
         "build_key": "inference_optim_llm.trtllm_build:build_key",
         "build_only_options": ["version", "compute_capability"],
     },
-    "trtllm-torch": {"cls": "inference_optim_llm.engines.trtllm:TrtllmTorchEngine", "options": _KV_OPTIONS},
+    "trtllm_torch": {"cls": "inference_optim_llm.engines.trtllm:TrtllmTorchEngine", "options": _KV_OPTIONS},
 }
+
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields"}
 
 
 def _register_plugins() -> None:
@@ -59,9 +68,13 @@ def _register_plugins() -> None:
     for ep in entry_points(group="inference_optim_llm.engines"):
         if ep.name in ENGINES:
             raise ValueError(f"engine plug-in {ep.value}: the name {ep.name!r} is taken")
+        if not NAME.match(ep.name):
+            raise ValueError(f"engine plug-in {ep.value}: the name {ep.name!r} is not lower case letters, "
+                             "digits and '_' (it names a Snakemake target)")
         entry = ep.load()
-        if not isinstance(entry, dict) or "cls" not in entry:
-            raise ValueError(f"engine plug-in {ep.value}: expected a dict with at least 'cls'")
+        if not isinstance(entry, dict) or "cls" not in entry or set(entry) - ENTRY_KEYS:
+            raise ValueError(f"engine plug-in {ep.value}: expected a dict with 'cls' and only the keys "
+                             f"{', '.join(sorted(ENTRY_KEYS))}")
         ENGINES[ep.name] = {"options": {}, **entry}
 
 

@@ -45,9 +45,7 @@ class BatchOutput:
 
 
 class Engine:
-    """Base class. Subclasses set `name` and implement load() and generate()."""
-
-    name: str = ""
+    """Base class. Subclasses implement load() and generate(); the registry entry names the engine."""
 
     def __init__(self, settings: EngineSettings):
         self.settings = settings
@@ -66,6 +64,11 @@ class Engine:
 
     def reset_peak_memory(self) -> None:
         pass
+
+    def result_fields(self) -> dict:
+        """The engine's own fields for its result (after measuring), each declared with a JSON schema under
+        `result_fields` in its registry entry; results.add_engine_fields checks them."""
+        return {}
 
     def close(self) -> None:
         pass

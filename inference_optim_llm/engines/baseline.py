@@ -35,7 +35,6 @@ def pad_left(prompts: list[list[int]], pad_id: int, device: str):
 
 
 class BaselineEngine(TorchEngine):
-    name = "baseline"
 
     def load(self) -> None:
         s = self.settings

@@ -128,7 +128,10 @@ def configure_inductor(device: str, options: dict) -> None:
 
 
 class CompiledEngine(TorchEngine):
-    name = "compiled"
+
+    def result_fields(self) -> dict:
+        """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
+        return {"compile_cache_loaded": self.cache_loaded} if self.settings.max_new_tokens > 1 else {}
 
     def load(self) -> None:
         s = self.settings

@@ -1,8 +1,8 @@
-"""trtllm / trtllm-torch: TensorRT-LLM 1.2.1 through its LLM API.
+"""trtllm / trtllm_torch: TensorRT-LLM 1.2.1 through its LLM API.
 
 - trtllm: the TensorRT engine backend, `from tensorrt_llm._tensorrt_engine import LLM`, loading the
   engine that trtllm_build.build_engine() wrote to settings.artifact_dir.
-- trtllm-torch: the default PyTorch backend, `from tensorrt_llm import LLM`, loading the HF directory.
+- trtllm_torch: the default PyTorch backend, `from tensorrt_llm import LLM`, loading the HF directory.
 
 Both submit the static batch of B prompts together (max_batch_size=B, so the in-flight batcher holds
 exactly this batch) and time tokens as trtllm-bench does: each streamed yield of `generate_async(...,
@@ -114,8 +114,6 @@ class _LlmApiEngine(Engine):
 class TrtllmEngine(_LlmApiEngine):
     """TensorRT engine backend, running the prebuilt engine in settings.artifact_dir."""
 
-    name = "trtllm"
-
     def _create_llm(self, kv_cache_config: Any) -> Any:
         s = self.settings
         if s.artifact_dir is None:
@@ -134,8 +132,6 @@ class TrtllmEngine(_LlmApiEngine):
 
 class TrtllmTorchEngine(_LlmApiEngine):
     """Default PyTorch backend of TensorRT-LLM, loading the HF directory directly (no engine build)."""
-
-    name = "trtllm-torch"
 
     def _create_llm(self, kv_cache_config: Any) -> Any:
         s = self.settings

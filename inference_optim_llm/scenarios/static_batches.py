@@ -4,11 +4,13 @@ batches over the prompt set, sample telemetry during the timed phase, check ever
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from inference_optim_llm import metrics
 from inference_optim_llm.hostfacts import log
+from inference_optim_llm.metrics import RequestTiming
 from inference_optim_llm.prompts import PromptSet, batches
-from inference_optim_llm.telemetry import NvmlSampler
+from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport
 
 
 class GpuBusyError(ValueError):
@@ -35,9 +37,42 @@ def padding(n_prompts: int, batch_size: int) -> dict:
             "padding_prompt_indices": plan[-1][len(plan[-1]) - padded:] if padded else []}
 
 
-def measure(engine, spec, ps: PromptSet) -> dict:
+@dataclass
+class Request:
+    """One request of one timed repetition."""
+    repetition: int
+    batch: int
+    prompt_index: int
+    prompt_tokens: int
+    timing: RequestTiming
+    padding: bool            # fills the last batch; left out of the per-request statistics
+
+
+@dataclass
+class Batch:
+    """One static batch of one timed repetition: all its requests, submitted together."""
+    repetition: int
+    batch: int
+    e2e_s: float
+    requests: int
+    output_tokens: int
+
+
+@dataclass
+class Measurement:
+    """What the static-batch scenario measured (results.py turns it into a result)."""
+    requested_tokens: int
+    warmup_s: list[float]
+    requests: list[Request]
+    batches: list[Batch]
+    telemetry: TelemetryReport
+    memory: dict                         # the engine's memory_stats()
+    first_outputs: list[list[int]]       # each prompt's tokens from its first timed run, in prompt order
+
+
+def measure(engine, spec, ps: PromptSet) -> Measurement:
     """Warm up, then `repetitions` timed passes over the prompt set in full static batches, under the
-    telemetry sampler; every request's token count checked. Returns the measured part of the result."""
+    telemetry sampler; every request's token count checked before anything else is done with it."""
     plan = batches(len(ps.token_ids), spec.batch_size)
     N = spec.max_new_tokens
     warmup_s = []
@@ -49,7 +84,7 @@ def measure(engine, spec, ps: PromptSet) -> dict:
         warmup_s.append(time.perf_counter() - t)
         log(f"warm-up batch {w + 1}/{spec.warmup}: {warmup_s[-1]:.2f} s")
 
-    requests, batch_rows, records = [], [], []
+    requests, batch_rows = [], []
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
     with NvmlSampler(interval_s=spec.telemetry_interval_s) as sampler:
@@ -58,44 +93,13 @@ def measure(engine, spec, ps: PromptSet) -> dict:
             for b, idx in enumerate(plan):
                 out = engine.generate([ps.token_ids[i] for i in idx], N)
                 metrics.check_token_counts(out.tokens, N)
-                batch_rows.append({"repetition": rep, "batch": b, "e2e_s": out.e2e_s,
-                                   "output_tokens": N * len(idx),
-                                   "output_tokens_per_s": N * len(idx) / out.e2e_s,
-                                   "requests_per_s": len(idx) / out.e2e_s})
+                batch_rows.append(Batch(rep, b, out.e2e_s, len(idx), N * len(idx)))
                 for j, i in enumerate(idx):
                     first_outputs.setdefault(i, out.tokens[j])
-                    rt = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
-                    requests.append({"repetition": rep, "batch": b, "prompt_index": i,
-                                     "prompt_tokens": len(ps.token_ids[i]), **vars(rt),
-                                     "tps": rt.tps, "padding": b * spec.batch_size + j >= len(ps.token_ids)})
+                    timing = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
+                    requests.append(Request(rep, b, i, len(ps.token_ids[i]), timing,
+                                            padding=b * spec.batch_size + j >= len(ps.token_ids)))
                 log(f"rep {rep + 1}/{spec.repetitions} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
                     f"{N * len(idx) / out.e2e_s:.1f} output tokens/s")
-    tel = sampler.report.as_dict()
-    total_tokens = sum(r["output_tokens"] for r in batch_rows)
-    tel["energy_per_token_j"] = tel["energy_j"] / total_tokens if tel["energy_j"] is not None else None
-    if tel["energy_per_token_j"] is None:
-        tel["null_reasons"]["energy_per_token_j"] = tel["null_reasons"].get("energy_j", "no energy figure")
-    tel.update(engine.memory_stats())
-    if tel.get("torch_peak_allocated_mb") is None:
-        tel["null_reasons"]["torch_peak_allocated_mb"] = (
-            "not a CUDA run" if not engine.settings.device.startswith("cuda")
-            else f"{spec.engine} allocates outside torch's allocator")
-    for r in requests:
-        records.append({"prompt": ps.texts[r["prompt_index"]], "latency": r["e2e_s"], "tokens": r["output_tokens"],
-                        "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"], "tps": r["tps"],
-                        "ttft": r["ttft_s"], "engine": spec.engine, "batch_size": spec.batch_size,
-                        "padding": r["padding"]})
-    counted = [r for r in requests if not r["padding"]]   # each prompt once per repetition
-    result = {
-        "warmup_s": warmup_s,
-        "token_check": {"requested": N, "generated_min": min(r["output_tokens"] for r in requests),
-                        "generated_max": max(r["output_tokens"] for r in requests),
-                        "all_exact": all(r["output_tokens"] == N for r in requests)},
-        "metrics": metrics.aggregate(counted, batch_rows),
-        "telemetry": tel,
-        "requests": requests,
-        "batches": batch_rows,
-    }
-    return {"result": result, "records": records, "first_outputs": [first_outputs[i] for i in sorted(first_outputs)]}
-
-
+    return Measurement(N, warmup_s, requests, batch_rows, sampler.report, engine.memory_stats(),
+                       [first_outputs[i] for i in sorted(first_outputs)])

@@ -1,5 +1,5 @@
 # rule reference_tokens: baseline's greedy tokens at batch 1, what token agreement compares with.
-from inference_optim_llm.runner import BenchSpec
+from inference_optim_llm.spec import BenchSpec
 from inference_optim_llm.stages import job, reference_tokens
 
 with job(snakemake):

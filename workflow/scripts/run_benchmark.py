@@ -1,5 +1,5 @@
 # rule run_benchmark: one target of the matrix measured (inference_optim_llm.runner), its result and records.
-from inference_optim_llm.runner import BenchSpec
+from inference_optim_llm.spec import BenchSpec
 from inference_optim_llm.stages import job, run_benchmark
 
 with job(snakemake):

@@ -1,0 +1,90 @@
+"""A target's spec, built once (plan.py for the workflow, cli.py for the CLI's `run`), checked when built
+against the configuration's bounds, and turned into an engine's settings by one constructor."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference_optim_llm import bounds
+from inference_optim_llm.engines import ENGINES, EngineSettings, check_options
+from inference_optim_llm.hostfacts import check_device
+from inference_optim_llm.models import check_name
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark target. Built by Snakemake (common.smk) or by the CLI's `run` flags."""
+    model: str
+    model_dir: str
+    engine: str
+    prompt_set: str
+    prompt_spec: dict                 # {"file": path} or {"tokens": N, "count": C}
+    batch_size: int
+    max_new_tokens: int
+    repetitions: int = 3
+    warmup: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    telemetry_interval_s: float = 0.05
+    strict: bool = False              # unavailable engine / OOM: error instead of a recorded status
+    refuse_busy_gpu: bool = False
+    record_token_times: bool = True
+    engine_options: dict = field(default_factory=dict)
+    artifact_dir: str | None = None
+    reference: str | None = None      # reference tokens file, for token agreement
+    calibration: str | None = None    # measured bandwidth file (calibrate), for the limit
+    trust_remote_code: bool = False   # the config's models.<name>.trust_remote_code, for this run
+
+    def __post_init__(self):
+        """The same bounds as the configuration schema (bounds.py), so the CLI's `run` and `bench` accept
+        what a config accepts and nothing else."""
+        check_name(self.model)
+        check_name(self.prompt_set, "prompt set name")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: unknown engine {self.engine!r} (available: {', '.join(ENGINES)})")
+        bounds.check("$defs.batch_size", self.batch_size, "batch_size")
+        for key in ("max_new_tokens", "repetitions", "warmup", "seed", "telemetry_interval_s", "dtype"):
+            bounds.check(f"benchmark.{key}", getattr(self, key), key)
+        check_device(self.device)
+        if "file" in self.prompt_spec:
+            bounds.check("$defs.prompt_limit", self.prompt_spec.get("limit", 1), "prompt limit")
+        else:
+            bounds.check("$defs.prompt_tokens", self.prompt_spec.get("tokens"), "prompt tokens")
+            bounds.check("$defs.prompt_count", self.prompt_spec.get("count", 1), "prompt count")
+        check_options(self.engine, self.engine_options)
+        if not isinstance(self.trust_remote_code, bool):
+            raise ValueError(f"trust_remote_code: {self.trust_remote_code!r} is not a boolean")
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchSpec":
+        data = json.loads(text)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown benchmark spec keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int,
+                    record_token_times: bool | None = None) -> EngineSettings:
+    """The one place a target's spec becomes an engine's settings (benchmark, reference and build jobs)."""
+    return EngineSettings(
+        model_dir=Path(spec.model_dir), device=device, dtype=dtype, max_batch_size=spec.batch_size,
+        max_input_len=max_input_len, max_new_tokens=spec.max_new_tokens, seed=spec.seed,
+        record_token_times=spec.record_token_times if record_token_times is None else record_token_times,
+        options=spec.engine_options, artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
+        trust_remote_code=spec.trust_remote_code)
+
+
+def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max_new_tokens: int, device: str,
+                   dtype: str, options: dict | None = None, artifact_dir=None, seed: int = 0,
+                   trust_remote_code: bool = False) -> EngineSettings:
+    """An engine's settings for one shape outside a benchmark target (a build's compile step, the GPU
+    checks, the profiler), through BenchSpec's checks and the one constructor above."""
+    spec = BenchSpec(model="shape", model_dir=str(model_dir), engine=engine, prompt_set="shape",
+                     prompt_spec={"tokens": prompt_len, "count": 1}, batch_size=batch_size,
+                     max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
+                     engine_options=options or {}, artifact_dir=str(artifact_dir) if artifact_dir else None,
+                     trust_remote_code=trust_remote_code)
+    return engine_settings(spec, device, dtype, prompt_len)
