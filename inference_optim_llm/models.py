@@ -351,3 +351,28 @@ def model_facts(model_dir: Path) -> dict:
     return {k: cfg.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                      "num_key_value_heads", "intermediate_size", "vocab_size",
                                      "tie_word_embeddings", "max_position_embeddings")}
+
+
+def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False) -> dict:
+    """The model as a server that cannot be told to ignore EOS sees it (servers.<name>.length_control:
+    generation_config, `transformers serve`): links to every file of the model directory but
+    generation_config.json, written anew with no EOS and the tokenizer's special tokens suppressed, so every
+    request runs to its max_tokens. Returns what was changed (also in the copy's manifest.json)."""
+    model_dir, out = Path(model_dir), Path(out)
+    check_model_dir(model_dir)
+    io.check_replaceable(out, "serving copy")
+    tok = load_tokenizer(model_dir, trust_remote_code)
+    gen_path = model_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    changed = {"eos_token_id": {"was": gen.get("eos_token_id"), "now": None},
+               "suppress_tokens": sorted(set(tok.all_special_ids))}
+    gen.update(eos_token_id=None, suppress_tokens=changed["suppress_tokens"])
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["serving_copy"] = {"of": str(model_dir), "generation_config": changed}
+    with io.building_dir(out, check=check_model_dir) as tmp:
+        for f in sorted(model_dir.iterdir()):
+            if f.name not in ("generation_config.json", "manifest.json", io.MARKER):
+                os.symlink(os.path.relpath(f.absolute(), out.absolute()), tmp / f.name)
+        io.write_json(tmp / "generation_config.json", gen)
+        io.write_json(tmp / "manifest.json", manifest)
+    return changed

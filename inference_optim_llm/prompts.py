@@ -119,3 +119,33 @@ def batches(n_prompts: int, batch_size: int) -> list[list[int]]:
         raise PromptError(f"batch size must be positive (got {batch_size})")
     n_batches = max(1, -(-n_prompts // batch_size))
     return [[(b * batch_size + i) % n_prompts for i in range(batch_size)] for b in range(n_batches)]
+
+
+def exact_length_text(tokenizer, ids: list[int], seed: int, tries: int = 20) -> str:
+    """A text the tokenizer turns into exactly len(ids) tokens (special tokens it adds included), made from
+    the random ids: what a server receives, since an OpenAI-compatible request carries text. Decoding and
+    encoding again merges or splits some tokens, so the ids are trimmed or topped up until the count holds."""
+    import random
+
+    n, rng = len(ids), random.Random(seed)
+    specials = set(tokenizer.all_special_ids)
+    allowed = [i for i in range(len(tokenizer)) if i not in specials]
+    for _ in range(tries):
+        text = tokenizer.decode(ids)
+        full = tokenizer(text)["input_ids"]
+        if len(full) == n:
+            return text
+        body = tokenizer(text, add_special_tokens=False)["input_ids"]
+        want = max(1, n - (len(full) - len(body)))
+        ids = body[:want] + [rng.choice(allowed) for _ in range(want - len(body))]
+    raise PromptError(f"could not make a text of exactly {n} tokens in {tries} tries (the tokenizer merges the "
+                      "random ids differently each time)")
+
+
+def serving_prompts(ps: PromptSet, tokenizer, seed: int) -> tuple[list[str], list[int]]:
+    """The prompt set as texts for a server, with each text's length in the model's tokens. A random-token
+    set becomes texts of exactly its length; a file set is sent as written."""
+    if ps.notes is not None:   # a file set: its texts, tokenized as load_prompt_set did
+        return ps.texts, [len(i) for i in ps.token_ids]
+    texts = [exact_length_text(tokenizer, ids, seed + k) for k, ids in enumerate(ps.token_ids)]
+    return texts, [len(i) for i in ps.token_ids]

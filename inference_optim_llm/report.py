@@ -12,6 +12,7 @@ import jsonschema
 from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
 
 RESULT_SCHEMA = Path(__file__).parent / "schemas" / "result.schema.json"
+SERVING_SCHEMA = Path(__file__).parent / "schemas" / "serving_result.schema.json"
 TEMPLATE = Path(__file__).parent / "templates" / "benchmark_results.md.j2"
 REFERENCE_ENGINE = "baseline"
 
@@ -21,13 +22,15 @@ class ResultFileError(ValueError):
 
 
 def check_result(data, where) -> dict:
-    """Raise ResultFileError naming `where` unless data matches the result schema."""
-    schema = json.loads(RESULT_SCHEMA.read_text())
+    """Raise ResultFileError naming `where` unless data matches its schema (a serving result's, or a static
+    batch result's)."""
+    path = SERVING_SCHEMA if isinstance(data, dict) and data.get("scenario") == "serving" else RESULT_SCHEMA
+    schema = json.loads(path.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         at = "/".join(map(str, e.absolute_path)) or "(top level)"
-        raise ResultFileError(f"{where}: does not match inference_optim_llm/schemas/result.schema.json at {at}: "
+        raise ResultFileError(f"{where}: does not match inference_optim_llm/schemas/{path.name} at {at}: "
                               f"{e.message}")
     return data
 

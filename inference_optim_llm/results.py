@@ -11,6 +11,7 @@ from inference_optim_llm.engines import ENGINES
 from inference_optim_llm.hostfacts import log
 from inference_optim_llm.io import write_json, write_jsonl
 from inference_optim_llm.models import model_facts
+from inference_optim_llm.stats import summarize
 from inference_optim_llm.telemetry import unavailable
 
 SCHEMA_VERSION = 1
@@ -44,11 +45,7 @@ def not_run(result: dict, status: str, reason: str) -> dict:
 def telemetry(m, engine: str, device: str) -> dict:
     """NVML's figures over the timed phase, energy per output token, and the engine's own memory figure;
     every figure that is None has its reason."""
-    tel = m.telemetry.as_dict()
-    total_tokens = sum(b.output_tokens for b in m.batches)
-    tel["energy_per_token_j"] = tel["energy_j"] / total_tokens if tel["energy_j"] is not None else None
-    if tel["energy_per_token_j"] is None:
-        tel["null_reasons"]["energy_per_token_j"] = tel["null_reasons"].get("energy_j", "no energy figure")
+    tel = telemetry_of(m.telemetry, sum(b.output_tokens for b in m.batches))
     tel.update(m.memory)
     if tel.get("torch_peak_allocated_mb") is None:
         tel["null_reasons"]["torch_peak_allocated_mb"] = (
@@ -130,3 +127,100 @@ def write(result: dict, records: list[dict], output: str | None, records_out: st
         raise ResultFileError(f"{e}; kept as {kept}") from None
     if output:
         write_json(output, result)
+
+
+# -- serving ---------------------------------------------------------------------------------------------
+
+def serving_base(spec, device: str, dtype: str, entry) -> dict:
+    """A serving result's fixed part: the target (model x server x prompt set x load), its settings, the
+    server as configured, the model, provenance."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": "serving",
+        "status": "ok",
+        "reason": None,
+        "target": {"model": spec.model, "server": spec.server, "prompt_set": spec.prompt_set, "load": spec.load},
+        "settings": {"max_new_tokens": spec.max_new_tokens, "requests": spec.requests,
+                     "min_duration_s": spec.min_duration_s, "warmup_requests": spec.warmup_requests,
+                     "burstiness": spec.burstiness, "request_timeout_s": spec.request_timeout_s, "slo": spec.slo,
+                     "seed": spec.seed, "device": device, "dtype": dtype,
+                     "telemetry_interval_s": spec.telemetry_interval_s},
+        "server": {"command": entry.command, "base_url": entry.base_url, "length_control": entry.length_control,
+                   "started_by_job": not entry.external},
+        "model": model_facts(Path(spec.model_dir)),
+        "provenance": provenance.collect(vars(spec)),
+    }
+
+
+def serving_not_run(result: dict, status: str, reason: str) -> dict:
+    log(f"status {status}: {reason}")
+    result.update(status=status, reason=reason, metrics=None, requests=[],
+                  telemetry=unavailable(f"not measured: {status}").as_dict())
+    return result
+
+
+def meets_slo(r: dict, slo: dict) -> bool:
+    """A request counts towards goodput when it meets every objective given (a missing figure fails it)."""
+    return all(r.get(key) is not None and r[key] <= bound for key, bound in slo.items())
+
+
+def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: dict) -> tuple[dict, list[dict]]:
+    """Fill `result` from a scenarios.serving.ServingMeasurement; returns (result, JSONL records).
+
+    Per request: TTFT = first token event - send; E2E = last token event - send; TPOT = (E2E - TTFT) / (N - 1);
+    ITL = every gap between consecutive token events, pooled over the requests. Throughput: all measured
+    output tokens (requests) over the measured window, first send to last token. docs/serving.md."""
+    N = m.requested_tokens
+    t0 = min(r.sent_s for r in m.responses)
+    requests, itl = [], []
+    for r in m.responses:
+        times = r.token_times_s
+        itl.extend(b - a for a, b in zip(times, times[1:]))
+        requests.append({"prompt_index": r.prompt_index, "prompt_tokens": prompt_tokens[r.prompt_index],
+                         "sent_s": r.sent_s - t0, "ttft_s": times[0], "e2e_s": times[-1],
+                         "tpot_s": (times[-1] - times[0]) / (N - 1) if N > 1 else None,
+                         "output_tokens": r.completion_tokens, "streamed_tokens": r.streamed_tokens,
+                         "server_prompt_tokens": r.prompt_tokens, "finish_reason": r.finish_reason})
+    for row in requests:
+        row["meets_slo"] = meets_slo(row, slo)
+    good = sum(row["meets_slo"] for row in requests)
+    duration = m.duration_s
+    tel = telemetry_of(m.telemetry, N * len(requests))
+
+    def col(key):
+        return [row[key] for row in requests if row[key] is not None]
+
+    result.update({
+        "load": {"concurrency": m.load.concurrency, "request_rate": m.load.rate,
+                 "send_lag_max_s": m.send_lag_max_s},
+        "token_check": {"requested": N, "generated_min": min(col("output_tokens")),
+                        "generated_max": max(col("output_tokens")),
+                        "all_exact": all(row["output_tokens"] == row["streamed_tokens"] == N for row in requests)},
+        "metrics": {
+            "ttft_s": summarize(col("ttft_s")), "tpot_s": summarize(col("tpot_s")), "itl_s": summarize(itl),
+            "e2e_s": summarize(col("e2e_s")),
+            "duration_s": duration, "requests": len(requests),
+            "requests_per_s": len(requests) / duration,
+            "output_tokens_per_s": N * len(requests) / duration,
+            # Little's law: the mean number of requests in flight over the window.
+            "mean_in_flight": sum(col("e2e_s")) / duration,
+            "goodput": {"slo": slo, "requests_meeting_slo": good, "fraction": good / len(requests),
+                        "requests_per_s": good / duration},
+        },
+        "warmup_requests_sent": len(m.warmup),
+        "telemetry": tel,
+        "requests": requests,
+    })
+    records = [{"prompt": texts[row["prompt_index"]], "latency": row["e2e_s"], "tokens": row["output_tokens"],
+                "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"],
+                "tps": row["output_tokens"] / row["e2e_s"], "ttft": row["ttft_s"],
+                "server": result["target"]["server"], "load": result["target"]["load"]} for row in requests]
+    return result, records
+
+
+def telemetry_of(report, output_tokens: int) -> dict:
+    tel = report.as_dict()
+    tel["energy_per_token_j"] = tel["energy_j"] / output_tokens if tel["energy_j"] is not None else None
+    if tel["energy_per_token_j"] is None:
+        tel["null_reasons"]["energy_per_token_j"] = tel["null_reasons"].get("energy_j", "no energy figure")
+    return tel

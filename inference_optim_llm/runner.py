@@ -108,3 +108,55 @@ def reference_tokens(spec: BenchSpec) -> dict:
     ref = {"engine": "baseline", "batch_size": 1, "device": device, "dtype": dtype,
            "max_new_tokens": spec.max_new_tokens, "tokens": tokens}
     return check_reference(ref, "reference", spec.max_new_tokens, len(ps.token_ids))  # checked as it will be read
+
+
+def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
+    """A serving target: start the server (unless it runs elsewhere), drive one load point, stop it.
+    Returns (result, JSONL records). A server whose program is missing is recorded `unavailable`."""
+    from inference_optim_llm.client import client_floor, payload
+    from inference_optim_llm.prompts import serving_prompts
+    from inference_optim_llm.scenarios import serving
+    from inference_optim_llm.servers import Server, ServerEntry, ServerUnavailable, free_port, render
+
+    entry = ServerEntry.from_config(spec.server, spec.server_entry)
+    load = serving.Load.parse(spec.load)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tokenizer = load_tokenizer(Path(spec.model_dir), spec.trust_remote_code)
+    ps = load_prompt_set(spec.prompt_set, spec.prompt_spec, tokenizer, spec.seed)
+    check_context(ps, spec.max_new_tokens, spec.model_dir)
+    texts, prompt_tokens = serving_prompts(ps, tokenizer, spec.seed)
+    result = results.serving_base(spec, device, dtype, entry)
+    result["settings"]["prompts"] = len(texts)
+    result["settings"]["prompt_tokens_mean"] = sum(prompt_tokens) / len(prompt_tokens)
+    result["client_floor"] = client_floor()
+    log(f"client floor: TTFT {result['client_floor']['ttft_s']}, ITL {result['client_floor']['itl_s']} s")
+
+    host = "127.0.0.1"
+    values = {"model_dir": str(Path(spec.model_dir).absolute()), "model": spec.model, "host": host,
+              "device": device, "dtype": dtype}
+    request_model = render(entry.request_model, **values)
+
+    def measure(base_url: str, sample_gpu: str | None, pids=frozenset()):
+        url = base_url.rstrip("/") + "/v1/completions"
+        bodies = [payload(request_model, t, spec.max_new_tokens, entry.length_control) for t in texts]
+        return serving.measure(url, lambda i: bodies[i], prompt_tokens, spec, load, sample_gpu, pids)
+
+    try:
+        if entry.external:
+            result["server"]["log"] = None
+            measured = measure(entry.base_url, f"the server runs elsewhere ({entry.base_url}): its GPU is not "
+                                               "this host's")
+        else:
+            port = free_port(host)
+            argv = [render(a, port=port, **values) for a in entry.command]
+            result["server"].update(argv=argv, log=str(server_log))
+            server = Server(argv, Path(server_log), f"http://{host}:{port}", entry.health_path,
+                            entry.start_timeout_s, entry.env)
+            with server as base_url:
+                measured = measure(base_url, None, server.pids())
+    except ServerUnavailable as e:
+        if spec.strict:
+            raise
+        return results.serving_not_run(result, "unavailable", str(e)), []
+    return results.serving(result, measured, texts, prompt_tokens, spec.slo)

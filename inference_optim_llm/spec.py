@@ -88,3 +88,45 @@ def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max
                      engine_options=options or {}, artifact_dir=str(artifact_dir) if artifact_dir else None,
                      trust_remote_code=trust_remote_code)
     return engine_settings(spec, device, dtype, prompt_len)
+
+
+@dataclass
+class ServeSpec:
+    """One serving target: a model behind a server (servers.py) under one load point (scenarios/serving.py).
+    Built by plan.py from the config's `servers`, `serving` and `benchmark` keys."""
+    model: str
+    model_dir: str                    # the model's directory: the tokenizer, and what a local server loads
+    server: str
+    server_entry: dict                # the config's servers.<name>
+    prompt_set: str
+    prompt_spec: dict
+    load: str                         # cN or rX
+    max_new_tokens: int
+    requests: int = 16
+    min_duration_s: float = 0
+    warmup_requests: int = 2
+    burstiness: float = 1.0
+    request_timeout_s: float = 600
+    slo: dict = field(default_factory=dict)   # goodput objectives: {ttft_s, tpot_s}
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    telemetry_interval_s: float = 0.05
+    strict: bool = False
+    refuse_busy_gpu: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        from inference_optim_llm.scenarios.serving import Load
+        from inference_optim_llm.servers import ServerEntry
+
+        check_name(self.model)
+        check_name(self.server, "server name")
+        check_name(self.prompt_set, "prompt set name")
+        ServerEntry.from_config(self.server, self.server_entry)
+        Load.parse(self.load)
+        for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype"):
+            bounds.check(f"benchmark.{key}", getattr(self, key), key)
+        for key in ("requests", "min_duration_s", "warmup_requests", "burstiness", "request_timeout_s", "slo"):
+            bounds.check(f"serving.{key}", getattr(self, key), key)
+        check_device(self.device)

@@ -1,5 +1,5 @@
 """The workflow's stages, one function each, named as their rules are (download_model, build_engine,
-calibrate, reference_tokens, run_benchmark, aggregate). The CLI commands and the workflow's scripts
+calibrate, reference_tokens, run_benchmark, serving_model, run_serving, aggregate). The CLI commands and the workflow's scripts
 (workflow/scripts/, through `job`) call the same functions. Every output is checked writable before
 any measurement and written atomically."""
 from __future__ import annotations
@@ -47,6 +47,21 @@ def run_benchmark(spec, output: str | None, records: str | None, flags=("--outpu
     result, rows = run(spec)
     write_result(result, rows, output, records)
     return result
+
+
+def run_serving(spec, output: str | None, records: str | None, server_log: str,
+                flags=("--output", "--records", "--server-log")) -> dict:
+    from inference_optim_llm.runner import run_serving as measure
+    check_outputs((output, flags[0]), (records, flags[1]), (server_log, flags[2]))
+    result, rows = measure(spec, server_log)
+    write_result(result, rows, output, records)
+    return result
+
+
+def serving_model(model_dir: str, output: str, trust_remote_code: bool = False) -> None:
+    from inference_optim_llm.models import serving_copy
+    changed = serving_copy(Path(model_dir), Path(output), trust_remote_code)
+    print(f"serving copy of {model_dir} in {output}: generation config {changed}")
 
 
 def reference_tokens(spec, output: str) -> None:

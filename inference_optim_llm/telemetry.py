@@ -102,8 +102,9 @@ class NvmlSampler:
     Without nvidia-ml-py, a driver or a GPU, the report holds None figures, each with the reason.
     """
 
-    def __init__(self, interval_s: float = 0.05, device_index: int = 0):
+    def __init__(self, interval_s: float = 0.05, device_index: int = 0, own_pids: frozenset[int] = frozenset()):
         self.interval_s = interval_s
+        self.own_pids = own_pids | {os.getpid()}   # not "other" processes: this one, the server it started
         self.device_index = device_index
         self.report: TelemetryReport | None = None
         self._samples: list[Sample] = []
@@ -177,7 +178,7 @@ class NvmlSampler:
         nv = self._nvml
         procs, _ = self._read(nv.nvmlDeviceGetComputeRunningProcesses)
         others = [{"pid": p.pid, "memory_mb": (p.usedGpuMemory or 0) / 2**20 if p.usedGpuMemory else None}
-                  for p in (procs or []) if p.pid != os.getpid()]
+                  for p in (procs or []) if p.pid not in self.own_pids]
         mem, _ = self._read(nv.nvmlDeviceGetMemoryInfo)
         util, _ = self._read(nv.nvmlDeviceGetUtilizationRates)
         return {"other_processes": others,

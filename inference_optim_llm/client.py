@@ -1,0 +1,139 @@
+"""The serving client: one streamed completion request to an OpenAI-compatible server (`/v1/completions`,
+server-sent events), timed on the client's clock, and its own timing floor against a trivial local endpoint.
+
+What a request records (docs/serving.md defines the figures made from it):
+  sent_s          perf_counter when the request was sent
+  token_times_s   for each streamed event that carries a token, its arrival, seconds after sent_s
+  usage           the server's `usage` block (completion_tokens, prompt_tokens), from the last events
+A streamed event carries a token when its choice has text, or has empty text and is not the closing event
+(finish_reason set, text empty: transformers serve ends that way; vLLM's last token event carries both).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Response:
+    prompt_index: int
+    sent_s: float
+    token_times_s: list[float] = field(default_factory=list)
+    completion_tokens: int | None = None     # the server's usage.completion_tokens
+    prompt_tokens: int | None = None         # the server's usage.prompt_tokens
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def streamed_tokens(self) -> int:
+        return len(self.token_times_s)
+
+
+def payload(model: str, prompt: str, max_tokens: int, length_control: str) -> dict:
+    """The request body: greedy, streamed, usage asked for, and held to exactly max_tokens tokens by the
+    server entry's length control (servers.py)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    if length_control == "ignore_eos":
+        body.update(ignore_eos=True, min_tokens=max_tokens)
+    return body
+
+
+async def complete(client, url: str, body: dict, prompt_index: int) -> Response:
+    """Send one request and read its stream to the end. Never raises for a failed request: the error is
+    recorded (HTTP status and the start of the body, or the exception), for the scenario to judge."""
+    r = Response(prompt_index, time.perf_counter())
+    try:
+        async with client.stream("POST", url, json=body) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                r.error = f"HTTP {resp.status_code}: {text[:300]}"
+                return r
+            async for line in resp.aiter_lines():
+                now = time.perf_counter()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if event.get("usage"):
+                    r.completion_tokens = event["usage"].get("completion_tokens")
+                    r.prompt_tokens = event["usage"].get("prompt_tokens")
+                for choice in event.get("choices") or []:
+                    text, finish = choice.get("text"), choice.get("finish_reason")
+                    if text or (text == "" and finish is None):
+                        r.token_times_s.append(now - r.sent_s)
+                    r.finish_reason = finish or r.finish_reason
+    except Exception as e:  # a failed request is recorded as such, never timed
+        r.error = f"{type(e).__name__}: {str(e)[:300]}"
+    return r
+
+
+# -- the client's own floor ----------------------------------------------------------------------------
+
+class TrivialEndpoint:
+    """A local endpoint that streams `tokens` events at once for any request: what the client itself adds
+    to TTFT and to each inter-token gap, on this host, with no model behind it."""
+
+    def __init__(self, tokens: int):
+        self.tokens = tokens
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _handle(self, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for k in range(self.tokens):
+            last = k == self.tokens - 1
+            event = {"choices": [{"index": 0, "text": "x", "finish_reason": "length" if last else None}]}
+            if last:
+                event["usage"] = {"completion_tokens": self.tokens, "prompt_tokens": 1}
+            writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+        writer.close()
+
+    def _serve(self):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        self.ready.wait(10)
+        return f"http://127.0.0.1:{self.port}/v1/completions"
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def client_floor(tokens: int = 32, requests: int = 20) -> dict:
+    """Median TTFT and inter-token gap the client measures against TrivialEndpoint (seconds)."""
+    import httpx
+
+    from inference_optim_llm.stats import percentile
+
+    async def go(url):
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [await complete(client, url, payload("floor", "x", tokens, "none"), 0) for _ in range(requests)]
+
+    with TrivialEndpoint(tokens) as url:
+        responses = asyncio.run(go(url))
+    bad = [r.error for r in responses if r.error]
+    if bad:
+        return {"ttft_s": None, "itl_s": None, "requests": requests, "tokens": tokens, "reason": bad[0]}
+    ttfts = [r.token_times_s[0] for r in responses]
+    gaps = [b - a for r in responses for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    return {"ttft_s": percentile(ttfts, 50), "itl_s": percentile(gaps, 50), "requests": requests,
+            "tokens": tokens, "reason": None}

@@ -1,0 +1,162 @@
+"""Scenario: an out-of-process server under load. A warm-up that is not measured, then one load point:
+
+  cN   closed loop: N users, each sends its next request when its previous one has ended
+  rX   open loop: requests arrive at X per second, Poisson (gamma gaps of shape `burstiness`; 1 is
+       Poisson, below 1 burstier), seeded, whether or not earlier ones have ended
+
+until at least `requests` requests were measured and `min_duration_s` has passed (closed loop), or
+max(requests, X * min_duration_s) requests were sent (open loop). Every request's token count is
+checked against the server's usage field and the streamed events; a failed request fails the point.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from inference_optim_llm import metrics
+from inference_optim_llm.client import Response, complete
+from inference_optim_llm.hostfacts import log
+from inference_optim_llm.scenarios.static_batches import check_busy
+from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, unavailable
+
+LOAD_PATTERN = r"c[1-9][0-9]{0,4}|r(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?"
+
+
+class RequestFailed(RuntimeError):
+    """A request of the load point failed (HTTP error, timeout, broken stream): no figure is made."""
+
+
+@dataclass(frozen=True)
+class Load:
+    name: str
+    concurrency: int | None = None
+    rate: float | None = None
+
+    @classmethod
+    def parse(cls, name: str) -> "Load":
+        if not re.fullmatch(LOAD_PATTERN, str(name)):
+            raise ValueError(f"load {name!r}: expected cN (N concurrent users) or rX (X requests/s), e.g. c4, r2.5")
+        if name.startswith("c"):
+            return cls(name, concurrency=int(name[1:]))
+        rate = float(name[1:])
+        if rate <= 0:
+            raise ValueError(f"load {name!r}: a request rate must be above 0")
+        return cls(name, rate=rate)
+
+
+def arrival_times(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """Seconds after the start at which each of n requests is sent: the first at 0, then gaps drawn from a
+    gamma distribution of mean 1/rate and shape `burstiness` (1: exponential gaps, a Poisson process)."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(n):
+        times.append(t)
+        t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
+    return times
+
+
+@dataclass
+class ServingMeasurement:
+    load: Load
+    requested_tokens: int
+    warmup: list[Response]
+    responses: list[Response]      # the measured requests, in the order they were sent
+    duration_s: float              # first measured send to last measured token
+    send_lag_max_s: float | None   # open loop: how late the client sent a request against its schedule
+    telemetry: TelemetryReport
+
+
+def check_response(r: Response, n: int, prompt_tokens: int, where: str) -> None:
+    if r.error:
+        raise RequestFailed(f"{where}: request for prompt {r.prompt_index} failed: {r.error}")
+    counts = {"the server's usage.completion_tokens": r.completion_tokens, "the streamed token events": r.streamed_tokens}
+    for what, got in counts.items():
+        if got != n:
+            raise metrics.TokenCountError(
+                f"{where}: prompt {r.prompt_index}: {what} is {got}, not the {n} tokens asked for "
+                f"(finish_reason {r.finish_reason!r}; usage {r.completion_tokens}, streamed {r.streamed_tokens})")
+    if r.prompt_tokens is not None and r.prompt_tokens != prompt_tokens:
+        raise ValueError(f"{where}: prompt {r.prompt_index}: the server counted {r.prompt_tokens} prompt tokens "
+                         f"where the model's tokenizer counts {prompt_tokens}: it tokenizes differently")
+
+
+async def _closed(client, url, body, n_prompts, users, requests, min_duration_s, first_index=0):
+    done: list[Response] = []
+    counter = itertools.count(first_index)
+    t0 = time.perf_counter()
+
+    async def user():
+        while True:
+            k = next(counter)
+            if k - first_index >= requests and time.perf_counter() - t0 >= min_duration_s:
+                return
+            done.append(await complete(client, url, body(k % n_prompts), k % n_prompts))
+
+    await asyncio.gather(*(user() for _ in range(users)))
+    return sorted(done, key=lambda r: r.sent_s)
+
+
+async def _open(client, url, body, n_prompts, times):
+    t0 = time.perf_counter()
+    lags = []
+
+    async def one(k, at):
+        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+        lags.append(time.perf_counter() - (t0 + at))
+        return await complete(client, url, body(k % n_prompts), k % n_prompts)
+
+    return await asyncio.gather(*(one(k, at) for k, at in enumerate(times))), max(lags)
+
+
+def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_gpu: str | None,
+            server_pids: frozenset[int] = frozenset()) -> ServingMeasurement:
+    """body(i) is the request body for prompt i; prompt_tokens[i] its length in the model's tokens.
+    sample_gpu: None to sample this host's GPU during the measured phase, else why not (an external server).
+    server_pids: the server's processes, which are not "other work" on the GPU."""
+    import httpx
+
+    n_prompts, N = len(prompt_tokens), spec.max_new_tokens
+    users = load.concurrency or 1
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+
+    async def run():
+        async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits) as client:
+            warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
+                                 spec.warmup_requests, 0)
+            for r in warm:
+                check_response(r, N, prompt_tokens[r.prompt_index], "warm-up")
+            log(f"warm-up: {len(warm)} requests")
+            sampler = None
+            if sample_gpu is None:
+                sampler = NvmlSampler(interval_s=spec.telemetry_interval_s, own_pids=server_pids)
+                sampler.__enter__()
+            try:
+                if sampler:
+                    check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
+                if load.concurrency:
+                    measured = await _closed(client, url, body, n_prompts, load.concurrency, spec.requests,
+                                             spec.min_duration_s, first_index=spec.warmup_requests)
+                    lag = None
+                else:
+                    n = max(spec.requests, math.ceil(load.rate * spec.min_duration_s))
+                    times = arrival_times(n, load.rate, spec.burstiness, spec.seed)
+                    measured, lag = await _open(client, url, body, n_prompts, times)
+            finally:
+                if sampler:
+                    sampler.__exit__(None, None, None)
+            return warm, list(measured), lag, sampler
+
+    warm, measured, lag, sampler = asyncio.run(run())
+    for r in measured:
+        check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}")
+    start = min(r.sent_s for r in measured)
+    end = max(r.sent_s + r.token_times_s[-1] for r in measured)
+    tel = sampler.report if sampler else unavailable(sample_gpu)
+    log(f"load {load.name}: {len(measured)} requests in {end - start:.2f} s, "
+        f"{len(measured) * N / (end - start):.1f} output tokens/s")
+    return ServingMeasurement(load, N, warm, measured, end - start, lag, tel)
