@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/engine.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/serving.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -28,6 +29,14 @@ rule all:
         "results/benchmark_results.md",
         "results/summary.csv",
         all_results(),
+        serving_results(),
+
+
+# The serving matrix alone (`snakemake serving`): its results and its own report.
+rule serving:
+    input:
+        "results/reports/serving/benchmark_results.md",
+        serving_results(),
 
 
 # One target per registered engine (`snakemake compiled`, `snakemake trtllm_torch`): its results and its

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from inference_optim_llm import bounds, stages
+from inference_optim_llm.scenarios.serving import RequestFailed
+from inference_optim_llm.servers import ServerStartError
 
 DEFAULT_SOURCE = "embedded:smollm2-135m-instruct"
 
@@ -33,6 +35,21 @@ def cmd_download_model(a) -> int:
 def cmd_bench(a) -> int:
     from inference_optim_llm.spec import BenchSpec
     stages.run_benchmark(BenchSpec.from_json(a.spec), a.output, a.records)
+    return 0
+
+
+def cmd_run_serving(a) -> int:
+    from inference_optim_llm.spec import ServeSpec
+    data = json.loads(a.spec)
+    unknown = set(data) - set(ServeSpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"--spec: unknown serving spec keys: {', '.join(sorted(unknown))}")
+    stages.run_serving(ServeSpec(**data), a.output, a.records, a.server_log)
+    return 0
+
+
+def cmd_serving_model(a) -> int:
+    stages.serving_model(a.model_dir, a.out, a.trust_remote_code)
     return 0
 
 
@@ -163,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--records", help="per-request JSONL records")
     b.set_defaults(fn=cmd_bench)
 
+    sv = sub.add_parser("run-serving", help="one serving target from a JSON spec: start the server, drive one "
+                        "load point, stop it (rule run_serving)")
+    sv.add_argument("--spec", required=True, help="JSON object, fields of spec.ServeSpec")
+    sv.add_argument("--output", required=True, help="result JSON")
+    sv.add_argument("--records", help="per-request JSONL records")
+    sv.add_argument("--server-log", required=True, help="where the server's own output goes")
+    sv.set_defaults(fn=cmd_run_serving)
+
+    sm = sub.add_parser("serving-model", help="a copy of a model directory without EOS, for servers that cannot "
+                        "ignore it (rule serving_model)")
+    sm.add_argument("model_dir")
+    sm.add_argument("--output", "--out", dest="out", required=True)
+    sm.add_argument("--trust-remote-code", action="store_true")
+    sm.set_defaults(fn=cmd_serving_model)
+
     ref = sub.add_parser("reference-tokens", aliases=["reference"],
                          help="baseline greedy tokens at batch 1, for token agreement (rule reference_tokens)")
     ref.add_argument("--spec", required=True)
@@ -191,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--title", default="Inference-Optim-LLM benchmark results")
     g.set_defaults(fn=cmd_aggregate)
 
-    v = sub.add_parser("validate-result", help="check result files against inference_optim_llm/schemas/result.schema.json")
+    v = sub.add_parser("validate-result", help="check result files against their schema (inference_optim_llm/schemas/)")
     v.add_argument("files", nargs="+")
     v.set_defaults(fn=cmd_validate)
     return p
@@ -202,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     stages.install_signal_handlers()
     try:
         return args.fn(args)
-    except (ValueError, OSError) as e:  # bad input, an unwritable place: one clear line, no traceback
+    except (ValueError, OSError, ServerStartError, RequestFailed) as e:  # bad input, an unwritable place, a
+        # server that did not start (its log's tail follows), a failed request: the message, no traceback
         return _fail(str(e))
     except stages.Terminated as e:
         print(f"stopped by {e}: temporary files removed, nothing half-written left", file=sys.stderr)

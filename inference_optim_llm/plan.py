@@ -15,7 +15,8 @@ from inference_optim_llm.engines import ENGINES, build_key, built_engines, check
 from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
-from inference_optim_llm.spec import BenchSpec
+from inference_optim_llm.servers import ServerEntry
+from inference_optim_llm.spec import BenchSpec, ServeSpec
 
 CALIBRATION = "results/calibration/bandwidth.json"
 
@@ -26,6 +27,14 @@ def result_path(model, engine, prompt_set, batch) -> str:
 
 def reference_path(model, prompt_set) -> str:
     return f"results/reference/{model}/{prompt_set}.json"
+
+
+def serving_result_path(model, server, prompt_set, load) -> str:
+    return f"results/serving/{model}/{server}/{prompt_set}/{load}.json"
+
+
+def served_model_path(model) -> str:
+    return f"resources/served/{model}"
 
 
 def model_path(model) -> str:
@@ -60,6 +69,18 @@ class Plan:
 
     def all_results(self) -> list[str]:
         return [result_path(*c) for c in self.cells()]
+
+    @cache  # noqa: B019 (one Plan per workflow)
+    def serving_cells(self) -> list[tuple]:
+        """Every (model, server, prompt_set, load) of the serving matrix, once, in config order."""
+        seen = {}
+        for block in self.config.get("serving", {}).get("matrix", []):
+            for cell in product(block["models"], block["servers"], block["prompt_sets"], block["loads"]):
+                seen.setdefault(cell, None)
+        return list(seen)
+
+    def serving_results(self) -> list[str]:
+        return [serving_result_path(*c) for c in self.serving_cells()]
 
     def engine_cells(self, engine) -> list[tuple]:
         """One engine's cells; an engine absent from the (selected) matrix gets the matrix's cells, so that
@@ -132,6 +153,28 @@ class Plan:
     def build_prompt_files(self, model, engine) -> list[str]:
         return self.prompt_files(c[2] for c in self.engine_cells(engine) if c[0] == model)
 
+    def server_entry(self, server) -> "ServerEntry":
+        return ServerEntry.from_config(server, self.config["servers"][server])
+
+    def serving_model_input(self, model, server) -> str:
+        """The directory a server loads (and the client's tokenizer): the serving copy without EOS where the
+        server cannot be told to ignore it, else the model's own."""
+        if self.server_entry(server).length_control == "generation_config":
+            return served_model_path(model)
+        return model_path(model)
+
+    def serve_spec(self, model, server, prompt_set, load) -> dict:
+        b, s = self.bench, self.config["serving"]
+        spec = ServeSpec(
+            model=model, model_dir=self.serving_model_input(model, server), server=server,
+            server_entry=self.config["servers"][server], prompt_set=prompt_set,
+            prompt_spec=self.config["prompt_sets"][prompt_set], load=load, max_new_tokens=b["max_new_tokens"],
+            requests=s["requests"], min_duration_s=s["min_duration_s"], warmup_requests=s["warmup_requests"],
+            burstiness=s["burstiness"], request_timeout_s=s["request_timeout_s"], slo=s["slo"], seed=b["seed"],
+            device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"], strict=b["strict"],
+            refuse_busy_gpu=b["refuse_busy_gpu"], trust_remote_code=self.trust_remote_code(model))
+        return asdict(spec)
+
     # -- checks --------------------------------------------------------------------------------------------
     def check(self) -> None:
         """What the JSON schema cannot say: cross-references, registered engines, files, model sources,
@@ -143,6 +186,16 @@ class Plan:
                     if name not in config[key]:
                         raise ValueError(f"config matrix[{i}].{key}: {name!r} is not defined under {key}: "
                                          f"(defined: {', '.join(config[key])})")
+        if not config["matrix"] and not config["serving"]["matrix"]:
+            raise ValueError("config: nothing to measure (matrix and serving.matrix are both empty)")
+        for i, block in enumerate(config["serving"]["matrix"]):
+            for key in ("models", "servers", "prompt_sets"):
+                for name in block[key]:
+                    if name not in config[key]:
+                        raise ValueError(f"config serving.matrix[{i}].{key}: {name!r} is not defined under {key}: "
+                                         f"(defined: {', '.join(config[key]) or 'none'})")
+        for name, entry in config["servers"].items():
+            ServerEntry.from_config(name, entry)
         registered = ", ".join(ENGINES)
         for i, block in enumerate(config["matrix"]):
             for name in block["engines"]:
@@ -157,7 +210,7 @@ class Plan:
             if name not in in_matrix:
                 raise ValueError(f"config engines: {name!r} is not an engine of the matrix "
                                  f"(its engines: {', '.join(in_matrix)})")
-        used_sets = {p for block in config["matrix"] for p in block["prompt_sets"]}
+        used_sets = {p for block in config["matrix"] + config["serving"]["matrix"] for p in block["prompt_sets"]}
         for name, spec in config["prompt_sets"].items():
             if "file" in spec and name in used_sets:
                 try:
@@ -171,15 +224,16 @@ class Plan:
                 raise ValueError(f"config {e}") from None
         for engine, options in config["engine_options"].items():
             check_options(engine, options, "config engine_options")
-        check_prompt_lengths(config, self.cells(), self.local_roots)
+        check_prompt_lengths(config, self.cells() + self.serving_cells(), self.local_roots)
         cells = self.cells()
         try:  # existing intermediates: a corrupt one stops the run here, before any result is deleted
             check_existing(
                 [CALIBRATION] if self.bench["calibrate"] else [],
                 sorted({reference_path(m, p) for m, _, p, _ in cells}) if self.bench["token_agreement"] else [],
-                [model_path(m) for m in sorted({c[0] for c in cells})],
+                [model_path(m) for m in sorted({c[0] for c in cells + self.serving_cells()})]
+                + sorted({self.serving_model_input(m, srv) for m, srv, _, _ in self.serving_cells()}),
                 sorted({artifact_path(m, e) for m, e, _, _ in cells if e in built_engines()}),
-                self.all_results(),
+                self.all_results() + self.serving_results(),
             )
         except IntermediateError as e:
             raise ValueError(f"intermediate file {e}") from None

@@ -234,21 +234,30 @@ def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path
         check_writable(path, flag)
     check_writable_dir(plots_dir, "--plots-dir")
     results = [(p, load_result(p)) for p in paths]   # every file is validated before anything is written
-    df = build_frame(results)
-    made = plots(df, plots_dir)
+    from inference_optim_llm import serving_report
+    static = [(p, r) for p, r in results if r.get("scenario") != "serving"]
+    served = [(p, r) for p, r in results if r.get("scenario") == "serving"]
+    df, sdf = build_frame(static), serving_report.build_frame(served)
+    made = plots(df, plots_dir) if not df.empty else []
+    plots_dir.mkdir(parents=True, exist_ok=True)
     calib = [json.loads(Path(c).read_text()) for c in calibration]
     sections = [{"model": model, "prompt_set": ps, "table": cell_table(g),
                  "plot": next((p for p in made if p.name == f"{model}__{ps}.png"), None),
                  "prompt_tokens": g.prompt_tokens_mean.dropna().mean(),
                  "max_new_tokens": sorted(set(g.max_new_tokens)), "devices": sorted(set(g.device))}
-                for (model, ps), g in df.groupby(["model", "prompt_set"], sort=True)]
+                for (model, ps), g in df.groupby(["model", "prompt_set"], sort=True)] if not df.empty else []
     env = Environment(loader=FileSystemLoader(TEMPLATE.parent), undefined=StrictUndefined,
                       keep_trailing_newline=True)
     text = env.get_template(TEMPLATE.name).render(
         title=title, environment=environment([r for _, r in results]), sections=sections,
-        findings=findings(df), n_results=len(results), calibration=calib,
+        findings=(findings(df) if not df.empty else []) + serving_report.findings(sdf),
+        n_results=len(results), calibration=calib, static=not df.empty,
+        serving_sections=serving_report.sections(sdf, plots_dir),
+        comparison=serving_report.comparison(df, sdf),
         plots_rel=lambda p: Path(p).relative_to(out_md.parent).as_posix() if p else None)
-    write_atomic(out_csv, df.to_csv(index=False))
+    import pandas as pd
+    frames = [f.assign(scenario=name) for name, f in (("static_batches", df), ("serving", sdf)) if not f.empty]
+    write_atomic(out_csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
     write_atomic(out_md, text)
 
 

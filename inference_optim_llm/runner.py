@@ -152,7 +152,7 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
             argv = [render(a, port=port, **values) for a in entry.command]
             result["server"].update(argv=argv, log=str(server_log))
             server = Server(argv, Path(server_log), f"http://{host}:{port}", entry.health_path,
-                            entry.start_timeout_s, entry.env)
+                            entry.start_timeout_s, entry.env, requires=entry.requires)
             with server as base_url:
                 measured = measure(base_url, None, server.pids())
     except ServerUnavailable as e:

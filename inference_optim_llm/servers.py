@@ -17,6 +17,8 @@ A config entry (`servers.<name>`):
   health_path      polled until it answers 200 (default /health)
   start_timeout_s  how long the server may take to answer its health check (default 600)
   env              extra environment variables for the server process
+  requires         Python modules the server needs in the job's environment (transformers serve: fastapi,
+                   uvicorn): one that is missing records `unavailable`, as a missing program does
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class ServerEntry:
     health_path: str = "/health"
     start_timeout_s: float = 600
     env: dict = field(default_factory=dict)
+    requires: list = field(default_factory=list)
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "ServerEntry":
@@ -94,9 +97,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def missing_program(argv: list[str]) -> str | None:
-    """Why the command cannot start here (its program, or the module of `python -m X`, is absent); None if
-    it can."""
+def missing_program(argv: list[str], requires: list[str] = ()) -> str | None:
+    """Why the command cannot start here (its program, the module of `python -m X`, or a module it requires
+    is absent); None if it can."""
+    import importlib.util
+
+    missing = [m for m in requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"module(s) {', '.join(missing)} not installed (pip install {' '.join(missing)})"
     program = shutil.which(argv[0])
     if program is None:
         return f"program {argv[0]!r} not found on PATH"
@@ -125,14 +133,15 @@ class Server:
     the block: an error, a signal turned into an exception (stages.job), the end of the measurement."""
 
     def __init__(self, argv: list[str], log_path: Path, base_url: str, health_path: str = "/health",
-                 start_timeout_s: float = 600, env: dict | None = None, grace_s: float = 15):
-        self.argv, self.log_path, self.base_url = argv, Path(log_path), base_url
+                 start_timeout_s: float = 600, env: dict | None = None, grace_s: float = 15,
+                 requires: list[str] = ()):
+        self.argv, self.log_path, self.base_url, self.requires = argv, Path(log_path), base_url, list(requires)
         self.health_url = base_url.rstrip("/") + health_path
         self.start_timeout_s, self.env, self.grace_s = start_timeout_s, env or {}, grace_s
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
-        why = missing_program(self.argv)
+        why = missing_program(self.argv, self.requires)
         if why:
             raise ServerUnavailable(why)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ ENGINES: dict[str, dict] = {
 
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+RESERVED = {"all", "serving"}   # workflow targets of their own
 ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields"}
 
 
@@ -68,9 +69,10 @@ def _register_plugins() -> None:
     for ep in entry_points(group="inference_optim_llm.engines"):
         if ep.name in ENGINES:
             raise ValueError(f"engine plug-in {ep.value}: the name {ep.name!r} is taken")
-        if not NAME.match(ep.name):
+        if not NAME.match(ep.name) or ep.name in RESERVED:
             raise ValueError(f"engine plug-in {ep.value}: the name {ep.name!r} is not lower case letters, "
-                             "digits and '_' (it names a Snakemake target)")
+                             f"digits and '_' (it names a Snakemake target), or is reserved "
+                             f"({', '.join(sorted(RESERVED))})")
         entry = ep.load()
         if not isinstance(entry, dict) or "cls" not in entry or set(entry) - ENTRY_KEYS:
             raise ValueError(f"engine plug-in {ep.value}: expected a dict with 'cls' and only the keys "

@@ -70,6 +70,22 @@ def bench_spec(wildcards):
     return PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch))
 
 
+def serve_spec(wildcards):
+    return PLAN.serve_spec(wildcards.model, wildcards.server, wildcards.prompt_set, wildcards.load)
+
+
+def serving_model_input(wildcards):
+    return PLAN.serving_model_input(wildcards.model, wildcards.server)
+
+
+def trust_remote_code(wildcards):
+    return PLAN.trust_remote_code(wildcards.model)
+
+
+def serving_results():
+    return PLAN.serving_results()
+
+
 def reference_spec(wildcards):
     return PLAN.reference_spec(wildcards.model, wildcards.prompt_set)
 

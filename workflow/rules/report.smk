@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        results=all_results(),
+        results=all_results() + serving_results(),
         calibration=calibration_input,
     output:
         md="results/benchmark_results.md",
@@ -34,5 +34,24 @@ rule aggregate_engine:
         "results/logs/aggregate_{engine}.log",
     params:
         title=engine_report_title,
+    script:
+        "../scripts/aggregate.py"
+
+
+rule aggregate_serving:
+    input:
+        results=serving_results(),
+    output:
+        md="results/reports/serving/benchmark_results.md",
+        csv="results/reports/serving/summary.csv",
+        plots=directory("results/reports/serving/plots"),
+    conda:
+        "../../envs/pipeline.yaml"
+    container:
+        CONTAINER
+    log:
+        "results/logs/aggregate_serving.log",
+    params:
+        title="Inference-Optim-LLM serving results",
     script:
         "../scripts/aggregate.py"

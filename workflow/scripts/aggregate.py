@@ -1,4 +1,4 @@
-# rules aggregate and aggregate_engine: summary CSV, markdown report and plots from the result files.
+# rules aggregate, aggregate_engine and aggregate_serving: summary CSV, markdown report and plots from the result files.
 from pathlib import Path
 
 from inference_optim_llm.report import aggregate
@@ -7,4 +7,4 @@ from inference_optim_llm.stages import job, paths
 with job(snakemake):
     aggregate(paths(snakemake.input.results), out_md=Path(snakemake.output.md),
               out_csv=Path(snakemake.output.csv), plots_dir=Path(snakemake.output.plots),
-              calibration=paths(snakemake.input.calibration), title=snakemake.params.title)
+              calibration=paths(snakemake.input.get("calibration", [])), title=snakemake.params.title)
