@@ -49,7 +49,7 @@ def cmd_run_serving(a) -> int:
 
 
 def cmd_serving_model(a) -> int:
-    stages.serving_model(a.model_dir, a.out, a.trust_remote_code)
+    stages.serving_model(a.model_dir, a.out, a.trust_remote_code, a.device, a.dtype)
     return 0
 
 
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("model_dir")
     sm.add_argument("--output", "--out", dest="out", required=True)
     sm.add_argument("--trust-remote-code", action="store_true")
+    sm.add_argument("--device", default="auto", help="where a synthetic model's weights are drawn")
+    sm.add_argument("--dtype", default="auto", help="the dtype a synthetic model's weights are saved in")
     sm.set_defaults(fn=cmd_serving_model)
 
     ref = sub.add_parser("reference-tokens", aliases=["reference"],

@@ -151,9 +151,22 @@ def check_replaceable(dest: Path, what: str = "output") -> None:
                           "refusing to replace it (move it away or choose another path)")
 
 
+def follow_umask(root: Path) -> None:
+    """Give every file and directory under root the umask's modes (executables keep their x bits): libraries
+    write some files 0600 (safetensors' save does), which would keep other users of a shared results or
+    resources tree from reading them. Links are left alone (their targets are not ours to change)."""
+    mask = umask()
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        os.chmod(p, (0o777 if p.is_dir() or mode & 0o111 else 0o666) & ~mask)
+
+
 def publish_dir(tmp: Path, dest: Path) -> None:
     """Rename a finished temporary directory to `dest`, replacing only a directory the tool made."""
     tmp, dest = Path(tmp), Path(dest)
+    follow_umask(tmp)
     (tmp / MARKER).write_text(json.dumps({"tool": "inference-optim-llm", "pid": os.getpid(),
                                           "host": _host(), "time": time.time()}) + "\n")
     check_replaceable(dest)

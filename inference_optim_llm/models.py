@@ -353,11 +353,14 @@ def model_facts(model_dir: Path) -> dict:
                                      "tie_word_embeddings", "max_position_embeddings")}
 
 
-def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False) -> dict:
-    """The model as a server that cannot be told to ignore EOS sees it (servers.<name>.length_control:
-    generation_config, `transformers serve`): links to every file of the model directory but
-    generation_config.json, written anew with no EOS and the tokenizer's special tokens suppressed, so every
-    request runs to its max_tokens. Returns what was changed (also in the copy's manifest.json)."""
+def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False, device: str = "cpu",
+                 dtype: str = "float32") -> dict:
+    """The model as a server loads it (rule serving_model): links to every file of the model directory but
+    generation_config.json, written anew with no EOS and the tokenizer's special tokens suppressed, so that
+    a server that cannot be told to ignore EOS (servers.<name>.length_control: generation_config,
+    `transformers serve`) runs every request to its max_tokens. A synthetic model has no weights file: its
+    weights are drawn as the in-process engines draw them (same seed, `dtype`, on `device`) and saved, so
+    that servers and engines run the same weights. Returns what was changed (also in manifest.json)."""
     model_dir, out = Path(model_dir), Path(out)
     check_model_dir(model_dir)
     io.check_replaceable(out, "serving copy")
@@ -367,11 +370,19 @@ def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False) ->
     changed = {"eos_token_id": {"was": gen.get("eos_token_id"), "now": None},
                "suppress_tokens": sorted(set(tok.all_special_ids))}
     gen.update(eos_token_id=None, suppress_tokens=changed["suppress_tokens"])
+    synthetic = is_synthetic(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    manifest["serving_copy"] = {"of": str(model_dir), "generation_config": changed}
+    manifest["serving_copy"] = {"of": str(model_dir), "generation_config": changed,
+                                "synthetic_weights_saved": {"device": device, "dtype": dtype} if synthetic else None}
+    written = {"generation_config.json", "manifest.json", io.MARKER, SYNTHETIC_MARKER}
     with io.building_dir(out, check=check_model_dir) as tmp:
+        if synthetic:
+            model = load_model(model_dir, device, dtype)
+            model.save_pretrained(tmp, safe_serialization=True)
+            written |= {p.name for p in tmp.iterdir()}
+            del model
         for f in sorted(model_dir.iterdir()):
-            if f.name not in ("generation_config.json", "manifest.json", io.MARKER):
+            if f.name not in written:
                 os.symlink(os.path.relpath(f.absolute(), out.absolute()), tmp / f.name)
         io.write_json(tmp / "generation_config.json", gen)
         io.write_json(tmp / "manifest.json", manifest)

@@ -157,9 +157,11 @@ class Plan:
         return ServerEntry.from_config(server, self.config["servers"][server])
 
     def serving_model_input(self, model, server) -> str:
-        """The directory a server loads (and the client's tokenizer): the serving copy without EOS where the
-        server cannot be told to ignore it, else the model's own."""
-        if self.server_entry(server).length_control == "generation_config":
+        """The directory a server loads (and the client's tokenizer): the serving copy (without EOS, with the
+        weights of a synthetic model) where the server cannot be told to ignore EOS or the model has no
+        weights file, else the model's own."""
+        synthetic = self.config["models"][model]["source"].startswith("synthetic:")
+        if synthetic or self.server_entry(server).length_control == "generation_config":
             return served_model_path(model)
         return model_path(model)
 

@@ -58,9 +58,12 @@ def run_serving(spec, output: str | None, records: str | None, server_log: str,
     return result
 
 
-def serving_model(model_dir: str, output: str, trust_remote_code: bool = False) -> None:
+def serving_model(model_dir: str, output: str, trust_remote_code: bool = False, device: str = "auto",
+                  dtype: str = "auto") -> None:
+    from inference_optim_llm.hostfacts import resolve_device, resolve_dtype
     from inference_optim_llm.models import serving_copy
-    changed = serving_copy(Path(model_dir), Path(output), trust_remote_code)
+    device = resolve_device(device)
+    changed = serving_copy(Path(model_dir), Path(output), trust_remote_code, device, resolve_dtype(dtype, device))
     print(f"serving copy of {model_dir} in {output}: generation config {changed}")
 
 

@@ -480,6 +480,30 @@ def test_14_files_and_directories_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
 
 
+def test_14_files_a_library_wrote_0600_inside_a_published_directory_follow_the_umask(tmp_path):
+    """safetensors writes model.safetensors 0600: a model directory, a serving copy or an engine artifact
+    published by the tool gets the umask's modes, executables keeping their x bits, links untouched."""
+    from inference_optim_llm.io import building_dir
+
+    (tmp_path / "target").write_text("t")
+    os.chmod(tmp_path / "target", 0o600)
+    old = os.umask(0o022)
+    try:
+        with building_dir(tmp_path / "d") as tmp:
+            (tmp / "sub").mkdir(mode=0o700)
+            for name, mode in (("model.safetensors", 0o600), ("sub/kernel.so", 0o700)):
+                (tmp / name).write_text("x")
+                os.chmod(tmp / name, mode)
+            (tmp / "link").symlink_to(tmp_path / "target")
+    finally:
+        os.umask(old)
+    d = tmp_path / "d"
+    assert stat.S_IMODE((d / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((d / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((d / "sub" / "kernel.so").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "target").stat().st_mode) == 0o600
+
+
 def test_14_a_link_at_the_destination_is_replaced_not_written_through(tmp_path):
     from inference_optim_llm.io import write_json
 

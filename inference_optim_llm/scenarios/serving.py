@@ -4,7 +4,8 @@
   rX   open loop: requests arrive at X per second, Poisson (gamma gaps of shape `burstiness`; 1 is
        Poisson, below 1 burstier), seeded, whether or not earlier ones have ended
 
-until at least `requests` requests were measured and `min_duration_s` has passed (closed loop), or
+until at least max(`requests`, N) requests were measured and `min_duration_s` has passed (closed loop: every
+user sends at least one, so the point runs at its concurrency), or
 max(requests, X * min_duration_s) requests were sent (open loop). Every request's token count is
 checked against the server's usage field and the streamed events; a failed request fails the point.
 """
@@ -139,8 +140,9 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
                 if sampler:
                     check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
                 if load.concurrency:
-                    measured = await _closed(client, url, body, n_prompts, load.concurrency, spec.requests,
-                                             spec.min_duration_s, first_index=spec.warmup_requests)
+                    measured = await _closed(client, url, body, n_prompts, load.concurrency,
+                                             max(spec.requests, load.concurrency), spec.min_duration_s,
+                                             first_index=spec.warmup_requests)
                     lag = None
                 else:
                     n = max(spec.requests, math.ceil(load.rate * spec.min_duration_s))

@@ -16,6 +16,10 @@ rule serving_model:
         "results/logs/serving_model/{model}.log",
     params:
         trust_remote_code=trust_remote_code,
+        device=BENCH["device"],
+        dtype=BENCH["dtype"],
+    resources:
+        gpu=1,
     script:
         "../scripts/serving_model.py"
 

@@ -2,4 +2,5 @@
 from inference_optim_llm.stages import job, serving_model
 
 with job(snakemake):
-    serving_model(snakemake.input[0], snakemake.output[0], snakemake.params.trust_remote_code)
+    serving_model(snakemake.input[0], snakemake.output[0], snakemake.params.trust_remote_code,
+                  snakemake.params.device, snakemake.params.dtype)
