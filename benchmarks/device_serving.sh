@@ -6,6 +6,9 @@
 #   bash benchmarks/device_serving.sh probe   # carry .whl: install, show what transformers serve takes
 #   bash benchmarks/device_serving.sh start   # carry .whl .carry: the run in the background, followed ~9 min
 #   bash benchmarks/device_serving.sh wait    # follow it to the end; results packed into $OUT each time
+#   bash benchmarks/device_serving.sh serving "NVIDIA H200"   # the serving targets alone; the static ones
+#                                             # too only if this card is not the one named (their results
+#                                             # from an earlier call on that card are aggregated with these)
 set -uo pipefail
 STATE=results/device
 SNAKEMAKE=(python3 -m snakemake --cores 16 --configfile config/gpu-serving.yaml --keep-going --scheduler greedy)
@@ -24,7 +27,7 @@ follow() {  # $1: seconds at most
 }
 pack() {
   tar czf "$OUT/serving.tgz" results/benchmark_results.md results/summary.csv results/plots results/runs \
-    results/serving results/calibration results/logs results/device resources/served/*/manifest.json \
+    results/serving results/calibration results/logs results/device results/reports resources/served/*/manifest.json \
     resources/engines/*/*/build_info.json 2>/dev/null
   ls -la "$OUT"
 }
@@ -40,6 +43,17 @@ start)
   setsid nohup "${SNAKEMAKE[@]}" > "$STATE/run.log" 2>&1 < /dev/null &
   echo $! > $STATE/pid
   follow "${2:-540}"
+  tail -20 $STATE/run.log
+  pack ;;
+serving)
+  for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$STATE/gpu.csv"
+  date -u +%FT%TZ > $STATE/started
+  if grep -q "$2" "$STATE/gpu.csv"; then targets=(serving); else targets=(serving all); fi
+  echo "targets: ${targets[*]}" | tee $STATE/targets
+  setsid nohup bash -c "for t in ${targets[*]}; do ${SNAKEMAKE[*]} \$t || exit; done" > "$STATE/run.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow 530
   tail -20 $STATE/run.log
   pack ;;
 wait)

@@ -353,12 +353,20 @@ def model_facts(model_dir: Path) -> dict:
                                      "tie_word_embeddings", "max_position_embeddings")}
 
 
+def _streams_no_text(tok, token_id: int) -> bool:
+    text = tok.decode([token_id], skip_special_tokens=True)
+    return text == "" or "\ufffd" in text
+
+
 def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False, device: str = "cpu",
                  dtype: str = "float32") -> dict:
     """The model as a server loads it (rule serving_model): links to every file of the model directory but
-    generation_config.json, written anew with no EOS and the tokenizer's special tokens suppressed, so that
-    a server that cannot be told to ignore EOS (servers.<name>.length_control: generation_config,
-    `transformers serve`) runs every request to its max_tokens. A synthetic model has no weights file: its
+    generation_config.json, written anew with no EOS and with the tokens that stream no text on their own
+    suppressed (special tokens, and byte fragments of a character), so that a server that cannot be told to
+    ignore EOS (servers.<name>.length_control: generation_config, `transformers serve`) runs every request to
+    its max_tokens and streams one event per token: the count the client checks, and the per-token times it
+    measures. (transformers serve decodes with tokenizers' DecodeStream, which yields nothing for a special
+    token or an incomplete character; SmolLM2's tokenizer has 331 such ids of 49152.) A synthetic model has no weights file: its
     weights are drawn as the in-process engines draw them (same seed, `dtype`, on `device`) and saved, so
     that servers and engines run the same weights. Returns what was changed (also in manifest.json)."""
     model_dir, out = Path(model_dir), Path(out)
@@ -367,8 +375,9 @@ def serving_copy(model_dir: Path, out: Path, trust_remote_code: bool = False, de
     tok = load_tokenizer(model_dir, trust_remote_code)
     gen_path = model_dir / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    silent = [i for i in range(len(tok)) if _streams_no_text(tok, i)]
     changed = {"eos_token_id": {"was": gen.get("eos_token_id"), "now": None},
-               "suppress_tokens": sorted(set(tok.all_special_ids))}
+               "suppress_tokens": sorted(set(tok.all_special_ids) | set(silent))}
     gen.update(eos_token_id=None, suppress_tokens=changed["suppress_tokens"])
     synthetic = is_synthetic(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())

@@ -64,7 +64,8 @@ def serving_model(model_dir: str, output: str, trust_remote_code: bool = False, 
     from inference_optim_llm.models import serving_copy
     device = resolve_device(device)
     changed = serving_copy(Path(model_dir), Path(output), trust_remote_code, device, resolve_dtype(dtype, device))
-    print(f"serving copy of {model_dir} in {output}: generation config {changed}")
+    print(f"serving copy of {model_dir} in {output}: eos_token_id {changed['eos_token_id']['was']} -> None, "
+          f"{len(changed['suppress_tokens'])} tokens that stream no text suppressed")
 
 
 def reference_tokens(spec, output: str) -> None:
