@@ -146,7 +146,7 @@ def serving_base(spec, device: str, dtype: str, entry) -> dict:
                      "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s},
         "server": {"command": entry.command, "base_url": entry.base_url, "length_control": entry.length_control,
-                   "started_by_job": not entry.external},
+                   "stream_unit": entry.stream_unit, "started_by_job": not entry.external},
         "model": model_facts(Path(spec.model_dir)),
         "provenance": provenance.collect(vars(spec)),
     }
@@ -164,11 +164,13 @@ def meets_slo(r: dict, slo: dict) -> bool:
     return all(r.get(key) is not None and r[key] <= bound for key, bound in slo.items())
 
 
-def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: dict) -> tuple[dict, list[dict]]:
+def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: dict,
+            stream_unit: str = "token") -> tuple[dict, list[dict]]:
     """Fill `result` from a scenarios.serving.ServingMeasurement; returns (result, JSONL records).
 
     Per request: TTFT = first token event - send; E2E = last token event - send; TPOT = (E2E - TTFT) / (N - 1);
-    ITL = every gap between consecutive token events, pooled over the requests. Throughput: all measured
+    ITL = every gap between consecutive token events, pooled over the requests (stream_unit token; a server
+    that streams several tokens to an event has chunk gaps instead, and no ITL). Throughput: all measured
     output tokens (requests) over the measured window, first send to last token. docs/serving.md."""
     N = m.requested_tokens
     t0 = min(r.sent_s for r in m.responses)
@@ -195,9 +197,17 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
                  "send_lag_max_s": m.send_lag_max_s},
         "token_check": {"requested": N, "generated_min": min(col("output_tokens")),
                         "generated_max": max(col("output_tokens")),
-                        "all_exact": all(row["output_tokens"] == row["streamed_tokens"] == N for row in requests)},
+                        "all_exact": all(row["output_tokens"] == N for row in requests),
+                        "checked_against": "usage and streamed events" if stream_unit == "token" else
+                        "usage (events 1 to N: the server streams chunks)"},
         "metrics": {
-            "ttft_s": summarize(col("ttft_s")), "tpot_s": summarize(col("tpot_s")), "itl_s": summarize(itl),
+            "ttft_s": summarize(col("ttft_s")), "tpot_s": summarize(col("tpot_s")),
+            "itl_s": summarize(itl if stream_unit == "token" else []),
+            "chunk_gap_s": summarize(itl) if stream_unit == "chunk" else None,
+            "events_per_request": summarize(col("streamed_tokens")),
+            "itl_null_reason": None if stream_unit == "token" else
+            "the server streams several tokens to an event (stream_unit chunk): gaps between events are not "
+            "per-token latencies (see chunk_gap_s)",
             "e2e_s": summarize(col("e2e_s")),
             "duration_s": duration, "requests": len(requests),
             "requests_per_s": len(requests) / duration,

@@ -159,4 +159,4 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
         if spec.strict:
             raise
         return results.serving_not_run(result, "unavailable", str(e)), []
-    return results.serving(result, measured, texts, prompt_tokens, spec.slo)
+    return results.serving(result, measured, texts, prompt_tokens, spec.slo, entry.stream_unit)

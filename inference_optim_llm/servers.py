@@ -17,6 +17,10 @@ A config entry (`servers.<name>`):
   health_path      polled until it answers 200 (default /health)
   start_timeout_s  how long the server may take to answer its health check (default 600)
   env              extra environment variables for the server process
+  stream_unit      token (default): the server streams one event per token, and the client checks that
+                   and reports per-token ITL; chunk: it streams text as it becomes printable, several
+                   tokens to an event (transformers serve 5.17 with continuous batching): usage must still
+                   say N, the events are 1 to N, and the gaps are reported as chunk gaps, not ITL
   requires         Python modules the server needs in the job's environment (transformers serve: fastapi,
                    uvicorn): one that is missing records `unavailable`, as a missing program does
 """
@@ -58,6 +62,7 @@ class ServerEntry:
     start_timeout_s: float = 600
     env: dict = field(default_factory=dict)
     requires: list = field(default_factory=list)
+    stream_unit: str = "token"
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "ServerEntry":

@@ -37,6 +37,7 @@ def row(result: dict, path: Path) -> dict:
         "energy_per_token_j": tel.get("energy_per_token_j"),
         "client_floor_ttft_ms": _scale((result.get("client_floor") or {}).get("ttft_s"), 1e3),
         "client_floor_itl_ms": _scale((result.get("client_floor") or {}).get("itl_s"), 1e3),
+        "itl_null_reason": (m or {}).get("itl_null_reason"),
         "gpu_name": result["provenance"].get("gpu_name"), "file": str(path),
     }
 
@@ -173,6 +174,10 @@ def findings(df) -> list[str]:
             good = g.loc[g.goodput_requests_per_s.idxmax()]
             line += f"; most goodput ({best.slo}) at `{good.load}`: {good.goodput_requests_per_s:.2f} requests/s"
         out.append(line + ".")
+    chunked = df[df.itl_null_reason.notna()] if "itl_null_reason" in df else df.iloc[0:0]
+    for (server, model), g in chunked.groupby(["server", "model"], sort=True):
+        out.append(f"`{server}` on `{model}`: ITL is n/a at {', '.join(f'`{x}`' for x in g.load)}: "
+                   f"{g.itl_null_reason.iloc[0]}; TTFT is the time to the first streamed text.")
     for r in df[df.status != "ok"].itertuples():
         out.append(f"`{r.server}` on `{r.model}` / `{r.prompt_set}` / load `{r.load}` was not run: "
                    f"{r.status} ({r.reason}).")

@@ -116,6 +116,10 @@ class ServeSpec:
     refuse_busy_gpu: bool = False
     trust_remote_code: bool = False
 
+    @property
+    def stream_unit(self) -> str:
+        return self.server_entry.get("stream_unit", "token")
+
     def __post_init__(self):
         from inference_optim_llm.scenarios.serving import Load
         from inference_optim_llm.servers import ServerEntry

@@ -124,7 +124,7 @@ def test_a_failed_request_fails_the_point_and_stops_the_server(tmp_path):
 
     class Spec:   # the fields measure() reads
         max_new_tokens, requests, min_duration_s, warmup_requests, burstiness = 4, 2, 0, 1, 1.0
-        request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu = 10, 0.05, 0, False
+        request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu, stream_unit = 10, 0.05, 0, False, "token"
 
     with pytest.raises(RequestFailed, match="warm-up: request for prompt 0 failed: HTTP 500: stub server"):
         with server as url:
@@ -208,6 +208,22 @@ def test_a_token_count_other_than_asked_is_an_error():
     with pytest.raises(ValueError, match="the server counted 5 prompt tokens where the model's tokenizer counts 6"):
         check_response(_response(0, 0.1, 0.01, 8), 8, 6, "load c1")
     check_response(_response(0, 0.1, 0.01, 8), 8, 5, "load c1")
+    # a server declared to stream chunks: usage must still say 8; 1 to 8 events
+    check_response(_response(0, 0.1, 0.01, 3, usage=8), 8, 5, "load c1", "chunk")
+    with pytest.raises(TokenCountError, match="usage.completion_tokens is 7"):
+        check_response(_response(0, 0.1, 0.01, 3, usage=7), 8, 5, "load c1", "chunk")
+    with pytest.raises(TokenCountError, match="say stream_unit: chunk"):
+        check_response(_response(0, 0.1, 0.01, 3, usage=8), 8, 5, "load c1")
+
+
+def test_a_chunked_stream_has_chunk_gaps_and_no_itl():
+    fake = [_response(0, 0.10, 0.05, 3, sent=0.0, usage=5)]
+    m = ServingMeasurement(Load("c1", concurrency=1), 5, [], fake, 0.2, None, unavailable("no GPU"))
+    r, _ = results.serving({"target": {"server": "s", "load": "c1"}}, m, ["a"], [5], {}, "chunk")
+    mt = r["metrics"]
+    assert mt["itl_s"]["n"] == 0 and "several tokens to an event" in mt["itl_null_reason"]
+    assert mt["chunk_gap_s"]["n"] == 2 and mt["tpot_s"]["median"] == pytest.approx(0.1 / 4)
+    assert r["token_check"]["all_exact"] and r["token_check"]["checked_against"].startswith("usage (events")
 
 
 def test_serving_metrics_from_known_timings():

@@ -72,15 +72,24 @@ class ServingMeasurement:
     telemetry: TelemetryReport
 
 
-def check_response(r: Response, n: int, prompt_tokens: int, where: str) -> None:
+def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_unit: str = "token") -> None:
+    """usage.completion_tokens must be n; the streamed events too where the server streams one per token
+    (stream_unit token), else between 1 and n (stream_unit chunk: a server that streams text as it
+    becomes printable, several tokens to an event)."""
     if r.error:
         raise RequestFailed(f"{where}: request for prompt {r.prompt_index} failed: {r.error}")
-    counts = {"the server's usage.completion_tokens": r.completion_tokens, "the streamed token events": r.streamed_tokens}
-    for what, got in counts.items():
-        if got != n:
-            raise metrics.TokenCountError(
-                f"{where}: prompt {r.prompt_index}: {what} is {got}, not the {n} tokens asked for "
-                f"(finish_reason {r.finish_reason!r}; usage {r.completion_tokens}, streamed {r.streamed_tokens})")
+    said = f"(finish_reason {r.finish_reason!r}; usage {r.completion_tokens}, streamed events {r.streamed_tokens})"
+    if r.completion_tokens != n:
+        raise metrics.TokenCountError(f"{where}: prompt {r.prompt_index}: the server's usage.completion_tokens is "
+                                      f"{r.completion_tokens}, not the {n} tokens asked for {said}")
+    if stream_unit == "token" and r.streamed_tokens != n:
+        raise metrics.TokenCountError(
+            f"{where}: prompt {r.prompt_index}: the streamed token events is {r.streamed_tokens}, not the {n} "
+            f"tokens asked for {said}; if this server streams several tokens to an event, say "
+            "stream_unit: chunk in its entry (then no per-token ITL is reported)")
+    if stream_unit == "chunk" and not 1 <= r.streamed_tokens <= n:
+        raise metrics.TokenCountError(f"{where}: prompt {r.prompt_index}: {r.streamed_tokens} streamed events for "
+                                      f"{n} tokens {said}")
     if r.prompt_tokens is not None and r.prompt_tokens != prompt_tokens:
         raise ValueError(f"{where}: prompt {r.prompt_index}: the server counted {r.prompt_tokens} prompt tokens "
                          f"where the model's tokenizer counts {prompt_tokens}: it tokenizes differently")
@@ -130,7 +139,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
             warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
                                  spec.warmup_requests, 0)
             for r in warm:
-                check_response(r, N, prompt_tokens[r.prompt_index], "warm-up")
+                check_response(r, N, prompt_tokens[r.prompt_index], "warm-up", spec.stream_unit)
             log(f"warm-up: {len(warm)} requests")
             sampler = None
             if sample_gpu is None:
@@ -155,7 +164,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
 
     warm, measured, lag, sampler = asyncio.run(run())
     for r in measured:
-        check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}")
+        check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}", spec.stream_unit)
     start = min(r.sent_s for r in measured)
     end = max(r.sent_s + r.token_times_s[-1] for r in measured)
     tel = sampler.report if sampler else unavailable(sample_gpu)
