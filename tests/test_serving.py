@@ -334,9 +334,24 @@ def test_an_example_whose_server_is_not_installed_records_unavailable(tmp_path, 
     from inference_optim_llm.report import load_result
 
     config = yaml.safe_load((REPO / "config" / "examples" / "vllm.yaml").read_text())
+    config["benchmark"] = {"device": "cpu", "max_new_tokens": 4}   # as on a machine without a GPU
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     copy_downloads(smollm2_gguf, tmp_path)
-    _snakemake(tmp_path, "results/serving/model/vllm/in512/c1.json", "--config", "benchmark={device: cpu, max_new_tokens: 4}")
+    _snakemake(tmp_path, "results/serving/model/vllm/in512/c1.json")
     r = load_result(tmp_path / "results" / "serving" / "model" / "vllm" / "in512" / "c1.json")
     assert r["status"] == "unavailable" and "'vllm' not found on PATH" in r["reason"]
+
+
+def test_the_committed_h200_page_matches_its_result_files(tmp_path):
+    """docs/results/nvidia-h200-serving.md: its report part, rendered again from the committed result files."""
+    from inference_optim_llm.report import aggregate
+
+    d = REPO / "docs" / "results" / "nvidia-h200-serving"
+    files = sorted(p for p in (d / "runs").rglob("*.json")) + sorted(p for p in (d / "serving").rglob("*.json"))
+    assert len(files) == 12
+    aggregate(files, out_md=tmp_path / "r.md", out_csv=tmp_path / "s.csv", plots_dir=tmp_path / "plots",
+              calibration=[d / "calibration.json"], title="x")
+    page = (REPO / "docs" / "results" / "nvidia-h200-serving.md").read_text()
+    tables = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(tables) > 20 and all(line in page for line in tables)
