@@ -42,16 +42,26 @@ def payload(model: str, prompt: str, max_tokens: int, length_control: str) -> di
     return body
 
 
-async def complete(client, url: str, body: dict, prompt_index: int) -> Response:
-    """Send one request and read its stream to the end. Never raises for a failed request: the error is
-    recorded (HTTP status and the start of the body, or the exception), for the scenario to judge."""
+async def complete(client, url: str, body: dict, prompt_index: int, timeout_s: float | None = None) -> Response:
+    """Send one request and read its stream to the end, within timeout_s in all (the client's own timeout
+    is per read: a stream that trickles, or keep-alive comments, would never end it). Never raises for a
+    failed request: the error is recorded (HTTP status and the start of the body, an error event, or the
+    exception), for the scenario to judge."""
     r = Response(prompt_index, time.perf_counter())
+    try:
+        await asyncio.wait_for(_read(client, url, body, r), timeout_s)
+    except asyncio.TimeoutError:
+        r.error = f"no complete answer within {timeout_s:g} s (request_timeout_s)"
+    return r
+
+
+async def _read(client, url: str, body: dict, r: Response) -> None:
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 r.error = f"HTTP {resp.status_code}: {text[:300]}"
-                return r
+                return
             async for line in resp.aiter_lines():
                 now = time.perf_counter()
                 if not line.startswith("data:"):
@@ -59,7 +69,12 @@ async def complete(client, url: str, body: dict, prompt_index: int) -> Response:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
+                if not data:
+                    continue
                 event = json.loads(data)
+                if event.get("error"):   # a server's error event in the stream (vLLM sends them)
+                    r.error = f"error event: {json.dumps(event['error'])[:300]}"
+                    return
                 if event.get("usage"):
                     r.completion_tokens = event["usage"].get("completion_tokens")
                     r.prompt_tokens = event["usage"].get("prompt_tokens")
@@ -70,7 +85,6 @@ async def complete(client, url: str, body: dict, prompt_index: int) -> Response:
                     r.finish_reason = finish or r.finish_reason
     except Exception as e:  # a failed request is recorded as such, never timed
         r.error = f"{type(e).__name__}: {str(e)[:300]}"
-    return r
 
 
 # -- the client's own floor ----------------------------------------------------------------------------
@@ -110,12 +124,16 @@ class TrivialEndpoint:
 
     def __enter__(self) -> str:
         self.thread.start()
-        self.ready.wait(10)
+        if not self.ready.wait(10):
+            raise RuntimeError("the client's trivial endpoint did not start within 10 s")
         return f"http://127.0.0.1:{self.port}/v1/completions"
 
     def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 def client_floor(tokens: int = 32, requests: int = 20) -> dict:
@@ -125,7 +143,7 @@ def client_floor(tokens: int = 32, requests: int = 20) -> dict:
     from inference_optim_llm.stats import percentile
 
     async def go(url):
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             return [await complete(client, url, payload("floor", "x", tokens, "none"), 0) for _ in range(requests)]
 
     with TrivialEndpoint(tokens) as url:
@@ -135,5 +153,5 @@ def client_floor(tokens: int = 32, requests: int = 20) -> dict:
         return {"ttft_s": None, "itl_s": None, "requests": requests, "tokens": tokens, "reason": bad[0]}
     ttfts = [r.token_times_s[0] for r in responses]
     gaps = [b - a for r in responses for a, b in zip(r.token_times_s, r.token_times_s[1:])]
-    return {"ttft_s": percentile(ttfts, 50), "itl_s": percentile(gaps, 50), "requests": requests,
+    return {"ttft_s": percentile(ttfts, 50), "itl_s": percentile(gaps, 50) if gaps else None, "requests": requests,
             "tokens": tokens, "reason": None}

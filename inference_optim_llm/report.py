@@ -5,6 +5,7 @@ Every number in the report is computed here from the result files; nothing is ty
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -254,7 +255,7 @@ def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path
         n_results=len(results), calibration=calib, static=not df.empty,
         serving_sections=serving_report.sections(sdf, plots_dir),
         comparison=serving_report.comparison(df, sdf),
-        plots_rel=lambda p: Path(p).relative_to(out_md.parent).as_posix() if p else None)
+        plots_rel=lambda p: Path(os.path.relpath(Path(p).absolute(), out_md.absolute().parent)).as_posix() if p else None)
     import pandas as pd
     frames = [f.assign(scenario=name) for name, f in (("static_batches", df), ("serving", sdf)) if not f.empty]
     write_atomic(out_csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")

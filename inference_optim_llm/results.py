@@ -178,9 +178,10 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
     for r in m.responses:
         times = r.token_times_s
         itl.extend(b - a for a, b in zip(times, times[1:]))
+        # TPOT needs a later event than the first: none when N is 1, or a chunked stream sent one event
         requests.append({"prompt_index": r.prompt_index, "prompt_tokens": prompt_tokens[r.prompt_index],
                          "sent_s": r.sent_s - t0, "ttft_s": times[0], "e2e_s": times[-1],
-                         "tpot_s": (times[-1] - times[0]) / (N - 1) if N > 1 else None,
+                         "tpot_s": (times[-1] - times[0]) / (N - 1) if N > 1 and len(times) > 1 else None,
                          "output_tokens": r.completion_tokens, "streamed_tokens": r.streamed_tokens,
                          "server_prompt_tokens": r.prompt_tokens, "finish_reason": r.finish_reason})
     for row in requests:
@@ -194,7 +195,9 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
 
     result.update({
         "load": {"concurrency": m.load.concurrency, "request_rate": m.load.rate,
-                 "send_lag_max_s": m.send_lag_max_s},
+                 "send_lag_max_s": m.send_lag_max_s,
+                 # a server with prefix caching answers a repeated prompt faster: said, and in the report
+                 "repeated_prompts": len(requests) - len({row["prompt_index"] for row in requests})},
         "token_check": {"requested": N, "generated_min": min(col("output_tokens")),
                         "generated_max": max(col("output_tokens")),
                         "all_exact": all(row["output_tokens"] == N for row in requests),

@@ -129,7 +129,7 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
     result = results.serving_base(spec, device, dtype, entry)
     result["settings"]["prompts"] = len(texts)
     result["settings"]["prompt_tokens_mean"] = sum(prompt_tokens) / len(prompt_tokens)
-    result["client_floor"] = client_floor()
+    result["client_floor"] = client_floor(tokens=spec.max_new_tokens)
     log(f"client floor: TTFT {result['client_floor']['ttft_s']}, ITL {result['client_floor']['itl_s']} s")
 
     host = "127.0.0.1"

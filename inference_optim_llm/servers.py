@@ -4,7 +4,8 @@ timeout whose error carries the tail of its log, SIGTERM then SIGKILL on every w
 
 A config entry (`servers.<name>`):
   command          the server's command line, a list (or a string, split like a shell would, never run by
-                   one) with placeholders {model_dir} {model} {port} {host} {device} {dtype}
+                   one) with placeholders {model_dir} {model} {port} {host} {device} {dtype}; a literal
+                   brace is doubled ({{ and }}, as in a JSON flag)
   base_url         instead of command: a server already running elsewhere (nothing started or stopped)
   request_model    the `model` field of each request (default "{model_dir}", what `vllm serve DIR` and
                    `transformers serve DIR` answer to)
@@ -16,7 +17,7 @@ A config entry (`servers.<name>`):
                                         rejects both request fields with HTTP 422)
   health_path      polled until it answers 200 (default /health)
   start_timeout_s  how long the server may take to answer its health check (default 600)
-  env              extra environment variables for the server process
+  env              extra environment variables for the server process (taken as written: no placeholders)
   stream_unit      token (default): the server streams one event per token, and the client checks that
                    and reports per-token ITL; chunk: it streams text as it becomes printable, several
                    tokens to an event (transformers serve 5.17 with continuous batching): usage must still
@@ -115,12 +116,25 @@ def missing_program(argv: list[str], requires: list[str] = ()) -> str | None:
         return f"program {argv[0]!r} not found on PATH"
     if "-m" in argv[:-1] and Path(argv[0]).name.startswith("python"):
         module = argv[argv.index("-m") + 1]
-        probe = subprocess.run([program, "-c", f"import importlib.util, sys; "
-                                f"sys.exit(importlib.util.find_spec({module.split('.')[0]!r}) is None)"],
-                               capture_output=True, timeout=60)
+        try:
+            probe = subprocess.run([program, "-c", f"import importlib.util, sys; "
+                                    f"sys.exit(importlib.util.find_spec({module.split('.')[0]!r}) is None)"],
+                                   capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return f"{program} did not say within 60 s whether module {module!r} is installed"
         if probe.returncode != 0:
             return f"module {module!r} is not installed for {program}"
     return None
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: SIGTERM it if the job dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so that a killed job never leaves a server holding the GPU."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -151,10 +165,11 @@ class Server:
             raise ServerUnavailable(why)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log(f"starting server: {shlex.join(self.argv)} (log {self.log_path})")
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **self.env}, start_new_session=True)
-        try:
+        try:   # started inside the try: a signal at any point after Popen still stops it
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                                             start_new_session=True, preexec_fn=_die_with_parent)
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -196,26 +211,35 @@ class Server:
         return frozenset(found)
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after grace_s; waits for the leader."""
+        """SIGTERM to the whole process group; SIGKILL to what is left of it after grace_s (the leader and
+        the workers it started, which may still be freeing the GPU). The job's own SIGTERM/SIGINT/SIGHUP are
+        held back meanwhile (a second one from SLURM or Snakemake must not cut the stop short); one that
+        came is raised once the server is gone."""
         if self.proc is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 10)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                log(f"server did not stop within {wait_s:g} s of {sig.name}")
-        try:   # processes of the group that outlived their leader
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            self._signal_group(signal.SIGTERM)
+            end = time.monotonic() + self.grace_s
+            while time.monotonic() < end and (self.proc.poll() is None or self.pids()):
+                time.sleep(0.2)
+            if self.proc.poll() is None or self.pids():
+                log(f"server group not gone {self.grace_s:g} s after SIGTERM: SIGKILL")
+                self._signal_group(signal.SIGKILL)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    log(f"server leader {self.proc.pid} still there 10 s after SIGKILL")
+            log(f"server stopped (status {self.proc.returncode})")
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
-        log(f"server stopped (status {self.proc.returncode})")
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -38,6 +38,7 @@ def row(result: dict, path: Path) -> dict:
         "client_floor_ttft_ms": _scale((result.get("client_floor") or {}).get("ttft_s"), 1e3),
         "client_floor_itl_ms": _scale((result.get("client_floor") or {}).get("itl_s"), 1e3),
         "itl_null_reason": (m or {}).get("itl_null_reason"),
+        "repeated_prompts": load.get("repeated_prompts") or 0,
         "gpu_name": result["provenance"].get("gpu_name"), "file": str(path),
     }
 
@@ -94,6 +95,7 @@ def plot(g, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+    loads = sorted(set(g[g.status == "ok"].load), key=_order)   # one x axis for every server
     for server, by_load in g[g.status == "ok"].groupby("server"):
         s = by_load.sort_values("output_tokens_per_s")
         for ax, key in ((a1, "ttft"), (a2, "tpot")):
@@ -102,9 +104,10 @@ def plot(g, path: Path) -> Path:
                     label=f"{server} p90")
             for r in s.itertuples():
                 ax.annotate(r.load, (r.output_tokens_per_s, getattr(r, f"{key}_ms_p50")), fontsize=7)
-        a3.plot(range(len(by_load)), by_load.goodput_requests_per_s, marker="o", label=f"{server} goodput")
-        a3.plot(range(len(by_load)), by_load.requests_per_s, marker="x", ls="--", label=f"{server} all requests")
-        a3.set_xticks(range(len(by_load)), list(by_load.load))
+        x = [loads.index(v) for v in by_load.load]
+        a3.plot(x, by_load.goodput_requests_per_s, marker="o", label=f"{server} goodput")
+        a3.plot(x, by_load.requests_per_s, marker="x", ls="--", label=f"{server} all requests")
+    a3.set_xticks(range(len(loads)), loads)
     a1.set(xlabel="output tokens/s", ylabel="TTFT (ms)", title="TTFT against throughput")
     a2.set(xlabel="output tokens/s", ylabel="TPOT (ms)", title="TPOT against throughput")
     a3.set(xlabel="load point", ylabel="requests/s", title="goodput against load")
@@ -174,6 +177,11 @@ def findings(df) -> list[str]:
             good = g.loc[g.goodput_requests_per_s.idxmax()]
             line += f"; most goodput ({best.slo}) at `{good.load}`: {good.goodput_requests_per_s:.2f} requests/s"
         out.append(line + ".")
+    for r in df[df.repeated_prompts > 0].itertuples():
+        out.append(f"`{r.server}` on `{r.model}` / `{r.prompt_set}` / load `{r.load}`: {r.repeated_prompts} of "
+                   f"{int(r.requests)} measured requests repeat a prompt (the set has fewer prompts than the "
+                   "point sent): a server that caches prefixes answers those faster; give the set at least "
+                   "as many prompts as warm-up and measured requests together, or turn prefix caching off.")
     chunked = df[df.itl_null_reason.notna()] if "itl_null_reason" in df else df.iloc[0:0]
     for (server, model), g in chunked.groupby(["server", "model"], sort=True):
         out.append(f"`{server}` on `{model}`: ITL is n/a at {', '.join(f'`{x}`' for x in g.load)}: "

@@ -133,6 +133,26 @@ def test_a_failed_request_fails_the_point_and_stops_the_server(tmp_path):
     assert _group(server.proc.pid) == []
 
 
+def test_a_request_over_its_time_limit_fails_the_point(tmp_path):
+    """request_timeout_s bounds the whole request (httpx's timeout is per read)."""
+    from inference_optim_llm.scenarios.serving import RequestFailed, measure
+
+    port = free_port()
+    server = Server([sys.executable, str(STUB), str(port), "hang"], tmp_path / "l", f"http://127.0.0.1:{port}",
+                    start_timeout_s=30, grace_s=2)
+
+    class Spec:   # the fields measure() reads
+        max_new_tokens, requests, min_duration_s, warmup_requests, burstiness = 4, 2, 0, 1, 1.0
+        request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu, stream_unit = 1, 0.05, 0, False, "token"
+
+    t = time.monotonic()
+    with pytest.raises(RequestFailed, match=r"no complete answer within 1 s \(request_timeout_s\)"):
+        with server as url:
+            measure(url + "/v1/completions", lambda i: payload("m", "p", 4, "ignore_eos"), [1], Spec(),
+                    Load.parse("c1"), "no GPU here")
+    assert time.monotonic() - t < 20 and _group(server.proc.pid) == []
+
+
 def _serving_spec(tmp_path, port_cmd: str, **over) -> dict:
     model = tmp_path / "model"
     if not model.exists():
@@ -355,3 +375,12 @@ def test_the_committed_h200_page_matches_its_result_files(tmp_path):
     page = (REPO / "docs" / "results" / "nvidia-h200-serving.md").read_text()
     tables = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| ")]
     assert len(tables) > 20 and all(line in page for line in tables)
+
+
+def test_the_report_links_plots_kept_outside_its_directory(tmp_path):
+    from inference_optim_llm.report import aggregate
+
+    d = REPO / "docs" / "results" / "nvidia-h200-serving"
+    aggregate(sorted((d / "serving").rglob("*.json")), out_md=tmp_path / "a" / "r.md", out_csv=tmp_path / "a" / "s.csv",
+              plots_dir=tmp_path / "b" / "plots")
+    assert "](../b/plots/serving__llama-1b__tok64.png)" in (tmp_path / "a" / "r.md").read_text()

@@ -95,30 +95,46 @@ def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_u
                          f"where the model's tokenizer counts {prompt_tokens}: it tokenizes differently")
 
 
-async def _closed(client, url, body, n_prompts, users, requests, min_duration_s, first_index=0):
+NOT_SENT = "not sent: an earlier request of the point failed"
+
+
+async def _closed(client, url, body, n_prompts, users, requests, min_duration_s, timeout_s, first_index=0):
+    """Prompt k % n_prompts for the k-th request (k from first_index: the measured requests do not reuse
+    the warm-up's prompts unless the set is smaller than both together). Every user stops at the first
+    failed request: a dead server fails the point at once, instead of being asked again and again."""
     done: list[Response] = []
+    failed: list[Response] = []
     counter = itertools.count(first_index)
     t0 = time.perf_counter()
 
     async def user():
-        while True:
+        while not failed:
             k = next(counter)
             if k - first_index >= requests and time.perf_counter() - t0 >= min_duration_s:
                 return
-            done.append(await complete(client, url, body(k % n_prompts), k % n_prompts))
+            r = await complete(client, url, body(k % n_prompts), k % n_prompts, timeout_s)
+            done.append(r)
+            if r.error:
+                failed.append(r)
 
     await asyncio.gather(*(user() for _ in range(users)))
     return sorted(done, key=lambda r: r.sent_s)
 
 
-async def _open(client, url, body, n_prompts, times):
+async def _open(client, url, body, n_prompts, times, timeout_s, first_index=0):
     t0 = time.perf_counter()
-    lags = []
+    lags, failed = [], []
 
     async def one(k, at):
         await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+        i = (first_index + k) % n_prompts
+        if failed:
+            return Response(i, time.perf_counter(), error=NOT_SENT)
         lags.append(time.perf_counter() - (t0 + at))
-        return await complete(client, url, body(k % n_prompts), k % n_prompts)
+        r = await complete(client, url, body(i), i, timeout_s)
+        if r.error:
+            failed.append(r)
+        return r
 
     return await asyncio.gather(*(one(k, at) for k, at in enumerate(times))), max(lags)
 
@@ -135,9 +151,11 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
 
     async def run():
-        async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits) as client:
+        # trust_env=False: a cluster's HTTP(S)_PROXY must not route requests meant for this host's server
+        async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits,
+                                     trust_env=not url.startswith("http://127.0.0.1")) as client:
             warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
-                                 spec.warmup_requests, 0)
+                                 spec.warmup_requests, 0, spec.request_timeout_s)
             for r in warm:
                 check_response(r, N, prompt_tokens[r.prompt_index], "warm-up", spec.stream_unit)
             log(f"warm-up: {len(warm)} requests")
@@ -151,19 +169,21 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
                 if load.concurrency:
                     measured = await _closed(client, url, body, n_prompts, load.concurrency,
                                              max(spec.requests, load.concurrency), spec.min_duration_s,
-                                             first_index=spec.warmup_requests)
+                                             spec.request_timeout_s, first_index=spec.warmup_requests)
                     lag = None
                 else:
                     n = max(spec.requests, math.ceil(load.rate * spec.min_duration_s))
                     times = arrival_times(n, load.rate, spec.burstiness, spec.seed)
-                    measured, lag = await _open(client, url, body, n_prompts, times)
+                    measured, lag = await _open(client, url, body, n_prompts, times, spec.request_timeout_s,
+                                                first_index=spec.warmup_requests)
             finally:
                 if sampler:
                     sampler.__exit__(None, None, None)
             return warm, list(measured), lag, sampler
 
     warm, measured, lag, sampler = asyncio.run(run())
-    for r in measured:
+    failed = [r for r in measured if r.error and r.error != NOT_SENT]
+    for r in failed[:1] + measured:
         check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}", spec.stream_unit)
     start = min(r.sent_s for r in measured)
     end = max(r.sent_s + r.token_times_s[-1] for r in measured)
