@@ -319,6 +319,7 @@ def test_the_serving_report_matches_the_result_files(served):
 
     md = (served / "results" / "benchmark_results.md").read_text()
     assert "# Serving under load" in md and "# Static batches and servers, same workload" in md
+    assert "measured requests repeat a prompt" in md   # 4 prompts for 1 + 6 requests: said
     for p in sorted((served / "results" / "serving").rglob("*.json")):
         m = load_result(p)["metrics"]
         row = next(line for line in md.splitlines() if line.startswith(f"| transformers | {p.stem} "))
