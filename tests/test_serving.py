@@ -201,6 +201,33 @@ def test_a_missing_program_is_recorded_unavailable(tmp_path):
     assert r["metrics"] is None and r["telemetry"]["gpu_memory_peak_mb"] is None
 
 
+def test_an_external_server_is_measured_and_never_started_or_stopped(tmp_path):
+    """servers.<name>.base_url: a server already running (here the stub, streaming N events): measured, its
+    telemetry null with the reason, nothing started or stopped by the job."""
+    from inference_optim_llm.report import load_result
+
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(STUB), str(port), "echo"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        spec = _serving_spec(tmp_path, "unused --port {port}", load="r20", requests=5)
+        spec["server_entry"] = {"base_url": f"http://127.0.0.1:{port}", "request_model": "m"}
+        out = tmp_path / "r.json"
+        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "run-serving", "--spec", json.dumps(spec),
+                               "--output", str(out), "--server-log", str(tmp_path / "s.log")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert stub.poll() is None                                    # still running: not the job's to stop
+    finally:
+        stub.terminate()
+        stub.wait()
+    r = load_result(out)
+    assert r["status"] == "ok" and r["server"]["started_by_job"] is False and r["server"]["log"] is None
+    assert r["metrics"]["requests"] == 5 and r["load"]["request_rate"] == 20
+    assert all(q["output_tokens"] == q["streamed_tokens"] == 4 for q in r["requests"])
+    assert "runs elsewhere" in r["telemetry"]["null_reasons"]["gpu_memory_peak_mb"]
+
+
 # -- the client -------------------------------------------------------------------------------------------
 
 def test_client_counts_token_events_against_its_trivial_endpoint():
