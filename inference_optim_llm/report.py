@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 
 from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
+from inference_optim_llm.stats import ratio_ci
 
 RESULT_SCHEMA = Path(__file__).parent / "schemas" / "result.schema.json"
 SERVING_SCHEMA = Path(__file__).parent / "schemas" / "serving_result.schema.json"
@@ -50,6 +51,12 @@ def _med(metrics: dict | None, key: str, scale: float = 1.0):
     return metrics[key]["median"] * scale
 
 
+def _hw(metrics: dict | None, key: str, scale: float = 1.0):
+    """Half the width of the median's 95 % interval (stats.median_ci), in the figure's unit; None without one."""
+    ci = ((metrics or {}).get(key) or {}).get("ci95")
+    return None if not ci else (ci["high"] - ci["low"]) / 2 * scale
+
+
 def row(result: dict, path: Path) -> dict:
     t, m, tel, prov = result["target"], result["metrics"], result["telemetry"], result["provenance"]
     agreement = result.get("agreement") or {}
@@ -65,6 +72,10 @@ def row(result: dict, path: Path) -> dict:
         "prompts": result["settings"].get("prompts"),
         "prompt_tokens_mean": result["settings"].get("prompt_tokens_mean"),
         "output_tokens_per_s": _med(m, "output_tokens_per_s"),
+        "output_tokens_per_s_hw": _hw(m, "output_tokens_per_s"),
+        "tpot_ms_hw": _hw(m, "tpot_s", 1e3),
+        "ttft_ms_hw": _hw(m, "ttft_s", 1e3),
+        "batch_tps": [b["output_tokens_per_s"] for b in result.get("batches") or []],
         "requests_per_s": _med(m, "requests_per_s"),
         "ttft_ms_p50": _med(m, "ttft_s", 1e3),
         "tpot_ms_p50": _med(m, "tpot_s", 1e3),
@@ -91,13 +102,20 @@ def build_frame(results: list[tuple[Path, dict]]):
     df = df.sort_values(["model", "prompt_set", "engine", "batch_size"]).reset_index(drop=True)
     base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
         ["model", "prompt_set", "batch_size"])["output_tokens_per_s"]
+    base_batches = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
+        ["model", "prompt_set", "batch_size"])["batch_tps"]
     # No speedup where no decode step ran (max_new_tokens 1): the figure would compare prefills only.
     df["speedup_vs_baseline"] = [
         (r.output_tokens_per_s / base[(r.model, r.prompt_set, r.batch_size)])
         if r.status == "ok" and r.decode_steps > 0 and (r.model, r.prompt_set, r.batch_size) in base.index
         else None
         for r in df.itertuples()]
-    return df
+    # Its 95 % interval: both cells' timed batches resampled (stats.ratio_ci); None with fewer than two each.
+    cis = [ratio_ci(r.batch_tps, base_batches[(r.model, r.prompt_set, r.batch_size)])
+           if r.speedup_vs_baseline is not None and r.speedup_vs_baseline == r.speedup_vs_baseline else None
+           for r in df.itertuples()]
+    df["speedup_hw"] = [(ci["high"] - ci["low"]) / 2 if ci else None for ci in cis]
+    return df.drop(columns="batch_tps")
 
 
 def findings(df) -> list[str]:
@@ -156,8 +174,15 @@ def _split(rate, position) -> str:
     return "none" if position is None or position != position else str(int(position))
 
 
-def _speedup(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.2f}x"
+def _speedup(v, hw=None) -> str:
+    if v is None or v != v:
+        return "n/a"
+    return f"{v:.2f}x" + (f" ± {hw:.2f}" if hw is not None and hw == hw else "")
+
+
+def _pm(v, hw, digits=1) -> str:
+    """value ± half-width of its 95 % interval (the half-width left out where there is none)."""
+    return _fmt(v, digits) + (f" ± {hw:.{digits}f}" if v is not None and v == v and hw is not None and hw == hw else "")
 
 
 def cell_table(g) -> str:
@@ -168,10 +193,11 @@ def cell_table(g) -> str:
         if r.status != "ok":
             rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 12)
             continue
-        rows.append([r.engine, r.batch_size, _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
-                     _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3), _fmt(r.e2e_s_p90, 3),
-                     _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0), _fmt(r.power_mean_w),
-                     _fmt(r.energy_per_token_j, 4), _speedup(r.speedup_vs_baseline),
+        rows.append([r.engine, r.batch_size, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
+                     _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
+                     _fmt(r.e2e_s_p90, 3), _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0),
+                     _fmt(r.power_mean_w), _fmt(r.energy_per_token_j, 4),
+                     _speedup(r.speedup_vs_baseline, r.speedup_hw),
                      _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
                      _percent(r.bandwidth_fraction)])
     headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from inference_optim_llm.io import temp_path
+from inference_optim_llm.report import _hw
 
 
 def _q(metrics, key, q="median", scale=1.0):
@@ -29,6 +30,7 @@ def row(result: dict, path: Path) -> dict:
         "ttft_ms_p50": _q(m, "ttft_s", "median", 1e3), "ttft_ms_p90": _q(m, "ttft_s", "p90", 1e3),
         "ttft_ms_p99": _q(m, "ttft_s", "p99", 1e3),
         "tpot_ms_p50": _q(m, "tpot_s", "median", 1e3), "tpot_ms_p90": _q(m, "tpot_s", "p90", 1e3),
+        "ttft_ms_hw": _hw(m, "ttft_s", 1e3), "tpot_ms_hw": _hw(m, "tpot_s", 1e3),
         "itl_ms_p50": _q(m, "itl_s", "median", 1e3), "itl_ms_p99": _q(m, "itl_s", "p99", 1e3),
         "e2e_s_p50": _q(m, "e2e_s"), "e2e_s_p90": _q(m, "e2e_s", "p90"),
         "goodput_requests_per_s": good.get("requests_per_s"), "goodput_fraction": good.get("fraction"),
@@ -66,6 +68,10 @@ def _f(v, digits=1):
     return "n/a" if v is None or v != v else f"{v:.{digits}f}"
 
 
+def _pm(v, hw, digits=1):
+    return _f(v, digits) + (f" ± {hw:.{digits}f}" if v is not None and v == v and hw is not None and hw == hw else "")
+
+
 def table(g) -> str:
     from tabulate import tabulate
 
@@ -75,8 +81,8 @@ def table(g) -> str:
             rows.append([r.server, r.load, r.status.upper()] + [""] * 11)
             continue
         rows.append([r.server, r.load, _f(r.requests_per_s, 2), _f(r.output_tokens_per_s),
-                     f"{_f(r.ttft_ms_p50)} / {_f(r.ttft_ms_p90)} / {_f(r.ttft_ms_p99)}",
-                     f"{_f(r.tpot_ms_p50, 2)} / {_f(r.tpot_ms_p90, 2)}",
+                     f"{_pm(r.ttft_ms_p50, r.ttft_ms_hw)} / {_f(r.ttft_ms_p90)} / {_f(r.ttft_ms_p99)}",
+                     f"{_pm(r.tpot_ms_p50, r.tpot_ms_hw, 2)} / {_f(r.tpot_ms_p90, 2)}",
                      f"{_f(r.itl_ms_p50, 2)} / {_f(r.itl_ms_p99, 2)}", f"{_f(r.e2e_s_p50, 3)} / {_f(r.e2e_s_p90, 3)}",
                      _f(r.goodput_requests_per_s, 2), "n/a" if r.goodput_fraction != r.goodput_fraction
                      else f"{100 * r.goodput_fraction:.0f} %", _f(r.gpu_memory_peak_mb, 0), _f(r.power_mean_w),
