@@ -16,7 +16,7 @@ from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
 from inference_optim_llm.servers import ServerEntry
-from inference_optim_llm.spec import BenchSpec, ServeSpec
+from inference_optim_llm.spec import TRUST_KEYS, BenchSpec, ServeSpec
 
 CALIBRATION = "results/calibration/bandwidth.json"
 
@@ -124,7 +124,7 @@ class Plan:
             reference=self.reference_input(model, prompt_set) if reference else None,
             calibration=self.calibration_input() if reference else None,
             artifact_dir=self.artifact_input(model, engine) if reference else None,
-            trust_remote_code=self.trust_remote_code(model))
+            trust_remote_code=self.trust_remote_code(model), **{k: b[k] for k in TRUST_KEYS})
         return asdict(spec)
 
     def reference_spec(self, model, prompt_set) -> dict:
@@ -174,7 +174,8 @@ class Plan:
             requests=s["requests"], min_duration_s=s["min_duration_s"], warmup_requests=s["warmup_requests"],
             burstiness=s["burstiness"], request_timeout_s=s["request_timeout_s"], slo=s["slo"], seed=b["seed"],
             device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"], strict=b["strict"],
-            refuse_busy_gpu=b["refuse_busy_gpu"], trust_remote_code=self.trust_remote_code(model))
+            refuse_busy_gpu=b["refuse_busy_gpu"], trust_remote_code=self.trust_remote_code(model),
+            **{k: b[k] for k in TRUST_KEYS[4:]})
         return asdict(spec)
 
     # -- checks --------------------------------------------------------------------------------------------

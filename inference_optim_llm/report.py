@@ -87,6 +87,12 @@ def row(result: dict, path: Path) -> dict:
         "exact_match_rate": agreement.get("exact_match_rate"),
         "first_divergence": agreement.get("first_divergence"),
         "bandwidth_fraction": bw.get("fraction_of_measured"),
+        "verdict": (result.get("verdict") or {}).get("status"),
+        "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
+        "repetitions_timed": (result.get("stopping") or {}).get("repetitions"),
+        "stopped_because": (result.get("stopping") or {}).get("reason"),
+        "energy_above_idle_per_token_j": tel.get("energy_above_idle_per_token_j"),
+        "idle_power_w": tel.get("idle_power_w"),
         "gpu_name": prov.get("gpu_name"), "cpu": prov.get("cpu"), "host": prov.get("host"),
         "slurm_job_id": (prov.get("slurm") or {}).get("job_id"),
         "file": str(path),
@@ -154,7 +160,16 @@ def findings(df) -> list[str]:
     for r in df[df.status != "ok"].itertuples():
         out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size} was not run: "
                    f"{r.status} ({r.reason}).")
+    out += verdict_findings(df, lambda r: f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}")
     return out
+
+
+def verdict_findings(df, name) -> list[str]:
+    """One line per cell whose measurement was disturbed or imprecise, with its reasons (interference.py)."""
+    if "verdict" not in df:
+        return []
+    return [f"{name(r)}: **{r.verdict}**: {r.verdict_reasons}." for r in df.itertuples()
+            if r.status == "ok" and r.verdict not in (None, "ok") and r.verdict == r.verdict]
 
 
 def _fmt(v, digits=1):
@@ -191,7 +206,7 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 12)
+            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 13)
             continue
         rows.append([r.engine, r.batch_size, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
                      _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
@@ -199,10 +214,10 @@ def cell_table(g) -> str:
                      _fmt(r.power_mean_w), _fmt(r.energy_per_token_j, 4),
                      _speedup(r.speedup_vs_baseline, r.speedup_hw),
                      _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
-                     _percent(r.bandwidth_fraction)])
+                     _percent(r.bandwidth_fraction), r.verdict if isinstance(r.verdict, str) else "n/a"])
     headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
-               "first split", "of bandwidth"]
+               "first split", "of bandwidth", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

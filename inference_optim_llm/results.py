@@ -6,11 +6,12 @@ from pathlib import Path
 
 import jsonschema
 
-from inference_optim_llm import bandwidth, metrics, provenance
+from inference_optim_llm import bandwidth, interference, metrics, provenance
 from inference_optim_llm.engines import ENGINES
 from inference_optim_llm.hostfacts import log
 from inference_optim_llm.io import write_json, write_jsonl
 from inference_optim_llm.models import model_facts
+from inference_optim_llm.spec import TRUST_KEYS
 from inference_optim_llm.stats import summarize
 from inference_optim_llm.telemetry import unavailable
 
@@ -28,7 +29,8 @@ def base(spec, device: str, dtype: str) -> dict:
         "settings": {"max_new_tokens": spec.max_new_tokens, "repetitions": spec.repetitions,
                      "warmup": spec.warmup, "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s,
-                     "record_token_times": spec.record_token_times, "engine_options": spec.engine_options},
+                     "record_token_times": spec.record_token_times, "engine_options": spec.engine_options,
+                     **{k: getattr(spec, k) for k in TRUST_KEYS}},
         "model": model_facts(Path(spec.model_dir)),
         "provenance": provenance.collect(vars(spec)),
     }
@@ -75,7 +77,9 @@ def static_batches(result: dict, m, texts: list[str]) -> tuple[dict, list[dict]]
         "batches": batch_rows,
         # With one new token there is no decode step: nothing compiled ran, no decode figure exists.
         "decode_steps_per_request": N - 1,
+        "stopping": m.stopping,
     })
+    result["verdict"] = cell_verdict(result, m.cpu, result["metrics"]["output_tokens_per_s"])
     records = [{"prompt": texts[r["prompt_index"]], "latency": r["e2e_s"], "tokens": r["output_tokens"],
                 "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"], "tps": r["tps"],
                 "ttft": r["ttft_s"], "engine": target["engine"], "batch_size": target["batch_size"],
@@ -114,9 +118,16 @@ def add_engine_fields(result: dict, engine: str, fields: dict) -> None:
 
 def write(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
     """The result is checked against its schema before it is written. One that does not match is kept
-    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails.
+    beside the output as NAME.invalid.json (never lost, never satisfying the target) and the job fails;
+    so is an interfered cell when benchmark.on_interference is fail (NAME.interfered.json).
     The JSONL first: the JSON result is what satisfies a target, so it is written last."""
     from inference_optim_llm.report import ResultFileError, check_result
+    verdict = result.get("verdict") or {}
+    if verdict.get("status") == "interfered" and result["settings"].get("on_interference") == "fail":
+        kept = Path(output or "result.json").with_suffix(".interfered.json")
+        write_json(kept, result)
+        raise interference.InterferenceError(f"interfered ({'; '.join(verdict['reasons'])}) and "
+                                             f"benchmark.on_interference is fail: kept as {kept}, not as the result")
     if records_out:
         write_jsonl(records_out, records)
     try:
@@ -144,7 +155,7 @@ def serving_base(spec, device: str, dtype: str, entry) -> dict:
                      "min_duration_s": spec.min_duration_s, "warmup_requests": spec.warmup_requests,
                      "burstiness": spec.burstiness, "request_timeout_s": spec.request_timeout_s, "slo": spec.slo,
                      "seed": spec.seed, "device": device, "dtype": dtype,
-                     "telemetry_interval_s": spec.telemetry_interval_s},
+                     "telemetry_interval_s": spec.telemetry_interval_s, **{k: getattr(spec, k) for k in TRUST_KEYS[4:]}},
         "server": {"command": entry.command, "base_url": entry.base_url, "length_control": entry.length_control,
                    "stream_unit": entry.stream_unit, "started_by_job": not entry.external},
         "model": model_facts(Path(spec.model_dir)),
@@ -224,6 +235,7 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
         "telemetry": tel,
         "requests": requests,
     })
+    result["verdict"] = cell_verdict(result, m.cpu, result["metrics"]["tpot_s"])
     records = [{"prompt": texts[row["prompt_index"]], "latency": row["e2e_s"], "tokens": row["output_tokens"],
                 "memory_mb": tel["gpu_memory_peak_mb"], "power_w": tel["power_mean_w"],
                 "tps": row["output_tokens"] / row["e2e_s"], "ttft": row["ttft_s"],
@@ -232,8 +244,30 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
 
 
 def telemetry_of(report, output_tokens: int) -> dict:
+    """The sampler's report, and energy per output token: in all, and above the GPU's idle power (the
+    energy the GPU would have drawn anyway over the same span, idle_power_w x duration_s, taken off)."""
     tel = report.as_dict()
+    why = tel["null_reasons"]
     tel["energy_per_token_j"] = tel["energy_j"] / output_tokens if tel["energy_j"] is not None else None
     if tel["energy_per_token_j"] is None:
-        tel["null_reasons"]["energy_per_token_j"] = tel["null_reasons"].get("energy_j", "no energy figure")
+        why["energy_per_token_j"] = why.get("energy_j", "no energy figure")
+    idle, duration = tel.get("idle_power_w"), tel.get("duration_s")
+    if tel["energy_j"] is not None and idle is not None and duration:
+        tel["energy_above_idle_j"] = tel["energy_j"] - idle * duration
+        tel["energy_above_idle_per_token_j"] = tel["energy_above_idle_j"] / output_tokens
+    else:
+        tel["energy_above_idle_j"] = tel["energy_above_idle_per_token_j"] = None
+        why["energy_above_idle_j"] = why["energy_above_idle_per_token_j"] = (
+            why.get("energy_j") or why.get("idle_power_w") or "no timed span")
     return tel
+
+
+def cell_verdict(result: dict, cpu: dict | None, headline: dict) -> dict:
+    """interference.verdict from what the result holds: other processes' CPU use, other GPU processes at
+    the start, throttle reasons seen, and the spread of the headline median (static: output tok/s over
+    batches; serving: TPOT over requests)."""
+    s, tel = result["settings"], result["telemetry"]
+    ci = (headline or {}).get("ci95")
+    return interference.verdict(cpu, tel.get("gpu_busy_at_start"), tel.get("throttle_reasons"),
+                                ci["half_width_rel"] if ci else None, s["interference_cpu_cores"],
+                                s["noisy_half_width_rel"])

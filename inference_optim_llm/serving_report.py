@@ -40,6 +40,8 @@ def row(result: dict, path: Path) -> dict:
         "client_floor_ttft_ms": _scale((result.get("client_floor") or {}).get("ttft_s"), 1e3),
         "client_floor_itl_ms": _scale((result.get("client_floor") or {}).get("itl_s"), 1e3),
         "itl_null_reason": (m or {}).get("itl_null_reason"),
+        "verdict": (result.get("verdict") or {}).get("status"),
+        "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
         "repeated_prompts": load.get("repeated_prompts") or 0,
         "gpu_name": result["provenance"].get("gpu_name"), "file": str(path),
     }
@@ -78,7 +80,7 @@ def table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.server, r.load, r.status.upper()] + [""] * 11)
+            rows.append([r.server, r.load, r.status.upper()] + [""] * 12)
             continue
         rows.append([r.server, r.load, _f(r.requests_per_s, 2), _f(r.output_tokens_per_s),
                      f"{_pm(r.ttft_ms_p50, r.ttft_ms_hw)} / {_f(r.ttft_ms_p90)} / {_f(r.ttft_ms_p99)}",
@@ -86,10 +88,11 @@ def table(g) -> str:
                      f"{_f(r.itl_ms_p50, 2)} / {_f(r.itl_ms_p99, 2)}", f"{_f(r.e2e_s_p50, 3)} / {_f(r.e2e_s_p90, 3)}",
                      _f(r.goodput_requests_per_s, 2), "n/a" if r.goodput_fraction != r.goodput_fraction
                      else f"{100 * r.goodput_fraction:.0f} %", _f(r.gpu_memory_peak_mb, 0), _f(r.power_mean_w),
-                     _f(r.energy_per_token_j, 4), int(r.requests)])
+                     _f(r.energy_per_token_j, 4), int(r.requests),
+                     r.verdict if isinstance(r.verdict, str) else "n/a"])
     headers = ["server", "load", "req/s", "output tok/s", "TTFT p50/p90/p99 ms", "TPOT p50/p90 ms",
                "ITL p50/p99 ms", "e2e p50/p90 s", "goodput req/s", "meeting SLO", "GPU mem peak MiB", "power W",
-               "J/token", "requests"]
+               "J/token", "requests", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -195,4 +198,5 @@ def findings(df) -> list[str]:
     for r in df[df.status != "ok"].itertuples():
         out.append(f"`{r.server}` on `{r.model}` / `{r.prompt_set}` / load `{r.load}` was not run: "
                    f"{r.status} ({r.reason}).")
-    return out
+    from inference_optim_llm.report import verdict_findings
+    return out + verdict_findings(df, lambda r: f"`{r.server}` on `{r.model}` / `{r.prompt_set}` / load `{r.load}`")

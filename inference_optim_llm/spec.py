@@ -11,6 +11,10 @@ from inference_optim_llm.engines import ENGINES, EngineSettings, check_options
 from inference_optim_llm.hostfacts import check_device
 from inference_optim_llm.models import check_name
 
+# benchmark.* keys of issue 13 (enough measurement, then interference), carried by the specs as they are
+TRUST_KEYS = ("min_measure_s", "ci_target_rel", "max_repetitions", "max_measure_s",
+              "idle_power_s", "interference_cpu_cores", "noisy_half_width_rel", "on_interference")
+
 
 @dataclass
 class BenchSpec:
@@ -36,6 +40,14 @@ class BenchSpec:
     reference: str | None = None      # reference tokens file, for token agreement
     calibration: str | None = None    # measured bandwidth file (calibrate), for the limit
     trust_remote_code: bool = False   # the config's models.<name>.trust_remote_code, for this run
+    min_measure_s: float = 0          # enough measurement (static_batches.measure's stopping rule)
+    ci_target_rel: float = 0
+    max_repetitions: int = 100
+    max_measure_s: float = 300
+    idle_power_s: float = 1           # interference and throttling (interference.py)
+    interference_cpu_cores: float = 0.5
+    noisy_half_width_rel: float = 0.1
+    on_interference: str = "record"
 
     def __post_init__(self):
         """The same bounds as the configuration schema (bounds.py), so the CLI's `run` and `bench` accept
@@ -45,7 +57,8 @@ class BenchSpec:
         if self.engine not in ENGINES:
             raise ValueError(f"engine: unknown engine {self.engine!r} (available: {', '.join(ENGINES)})")
         bounds.check("$defs.batch_size", self.batch_size, "batch_size")
-        for key in ("max_new_tokens", "repetitions", "warmup", "seed", "telemetry_interval_s", "dtype"):
+        for key in ("max_new_tokens", "repetitions", "warmup", "seed", "telemetry_interval_s", "dtype",
+                    *TRUST_KEYS):
             bounds.check(f"benchmark.{key}", getattr(self, key), key)
         check_device(self.device)
         if "file" in self.prompt_spec:
@@ -115,6 +128,10 @@ class ServeSpec:
     strict: bool = False
     refuse_busy_gpu: bool = False
     trust_remote_code: bool = False
+    idle_power_s: float = 1
+    interference_cpu_cores: float = 0.5
+    noisy_half_width_rel: float = 0.1
+    on_interference: str = "record"
 
     @property
     def stream_unit(self) -> str:
@@ -129,7 +146,7 @@ class ServeSpec:
         check_name(self.prompt_set, "prompt set name")
         ServerEntry.from_config(self.server, self.server_entry)
         Load.parse(self.load)
-        for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype"):
+        for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype", *TRUST_KEYS[4:]):
             bounds.check(f"benchmark.{key}", getattr(self, key), key)
         for key in ("requests", "min_duration_s", "warmup_requests", "burstiness", "request_timeout_s", "slo"):
             bounds.check(f"serving.{key}", getattr(self, key), key)

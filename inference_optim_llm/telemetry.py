@@ -12,7 +12,12 @@ import time
 from dataclasses import dataclass, field
 
 FIELDS = ("gpu_memory_peak_mb", "gpu_memory_start_mb", "power_mean_w", "power_max_w", "energy_j",
-          "utilization_mean_pct", "sm_clock_mean_mhz", "temperature_max_c")
+          "utilization_mean_pct", "sm_clock_mean_mhz", "sm_clock_max_mhz", "temperature_max_c", "idle_power_w",
+          "throttle_reasons")
+# NVML's clock event reasons (nvmlClocksEventReason*, formerly ClocksThrottleReason*), by bit.
+THROTTLE_BITS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+                 0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+                 0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting"}
 
 
 @dataclass
@@ -23,6 +28,7 @@ class Sample:
     utilization_pct: float | None = None
     sm_clock_mhz: float | None = None
     temperature_c: float | None = None
+    throttle_mask: int | None = None
 
 
 @dataclass
@@ -59,8 +65,15 @@ def integrate_power(samples: list[Sample]) -> float | None:
     return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(pts, pts[1:]))
 
 
+def throttle_names(mask: int) -> list[str]:
+    return [name for bit, name in THROTTLE_BITS.items() if mask & bit] + (
+        [f"unknown_0x{mask & ~sum(THROTTLE_BITS):x}"] if mask & ~sum(THROTTLE_BITS) else [])
+
+
 def summarize_samples(samples: list[Sample], energy_counter_j: float | None,
-                      counter_reason: str | None, start_memory_mb: float | None) -> TelemetryReport:
+                      counter_reason: str | None, start_memory_mb: float | None,
+                      sm_clock_max_mhz: float | None = None, idle_power_w: float | None = None,
+                      extra_reasons: dict | None = None) -> TelemetryReport:
     """Pure logic: turn samples (and the energy counter's difference, if any) into the report."""
     rep = TelemetryReport(samples=len(samples))
     v, why = rep.values, rep.null_reasons
@@ -83,6 +96,14 @@ def summarize_samples(samples: list[Sample], energy_counter_j: float | None,
     put("utilization_mean_pct", _mean(util), none)
     put("sm_clock_mean_mhz", _mean(clock), none)
     put("temperature_max_c", max(temp) if temp else None, none)
+    extra = extra_reasons or {}
+    put("sm_clock_max_mhz", sm_clock_max_mhz, extra.get("sm_clock_max_mhz", "the maximum SM clock could not be read"))
+    put("idle_power_w", idle_power_w, extra.get("idle_power_w", "idle power was not measured"))
+    masks = [s.throttle_mask for s in samples if s.throttle_mask is not None]
+    seen = 0
+    for m in masks:
+        seen |= m
+    put("throttle_reasons", throttle_names(seen) if masks else None, extra.get("throttle_reasons", none))
     if energy_counter_j is not None:
         v["energy_j"], rep.energy_source = energy_counter_j, "counter"
     else:
@@ -102,8 +123,10 @@ class NvmlSampler:
     Without nvidia-ml-py, a driver or a GPU, the report holds None figures, each with the reason.
     """
 
-    def __init__(self, interval_s: float = 0.05, device_index: int = 0, own_pids: frozenset[int] = frozenset()):
+    def __init__(self, interval_s: float = 0.05, device_index: int = 0, own_pids: frozenset[int] = frozenset(),
+                 idle_s: float = 0.0):
         self.interval_s = interval_s
+        self.idle_s = idle_s   # power sampled this long before the timed phase, nothing running: idle_power_w
         self.own_pids = own_pids | {os.getpid()}   # not "other" processes: this one, the server it started
         self.device_index = device_index
         self.report: TelemetryReport | None = None
@@ -169,6 +192,10 @@ class NvmlSampler:
         s.sm_clock_mhz = float(c) if c is not None else None
         t, _ = self._read(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)
         s.temperature_c = float(t) if t is not None else None
+        reasons = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        if reasons is not None:
+            s.throttle_mask, _ = self._read(reasons)
         return s
 
     def busy_state(self) -> dict | None:
@@ -192,6 +219,22 @@ class NvmlSampler:
         if self._handle is None:
             return self
         self.busy_at_start = self.busy_state()
+        self._extra_reasons, self._idle_power = {}, None
+        if self.idle_s > 0:
+            idle = []
+            end = time.perf_counter() + self.idle_s
+            while time.perf_counter() < end:
+                p, why = self._read(self._nvml.nvmlDeviceGetPowerUsage)
+                if p is not None:
+                    idle.append(p / 1000.0)
+                time.sleep(self.interval_s)
+            self._idle_power = _mean(idle)
+            if not idle:
+                self._extra_reasons["idle_power_w"] = f"power could not be read ({why})"
+        mx, why = self._read(self._nvml.nvmlDeviceGetMaxClockInfo, self._nvml.NVML_CLOCK_SM)
+        self._sm_max = float(mx) if mx is not None else None
+        if mx is None:
+            self._extra_reasons["sm_clock_max_mhz"] = why
         first = self._sample()
         self._start_memory = first.memory_mb
         self._energy0, self._energy_reason = self._read(self._nvml.nvmlDeviceGetTotalEnergyConsumption)
@@ -217,7 +260,8 @@ class NvmlSampler:
             e1, self._energy_reason = self._read(self._nvml.nvmlDeviceGetTotalEnergyConsumption)
             if e1 is not None:
                 energy_j = (e1 - self._energy0) / 1000.0
-        self.report = summarize_samples(self._samples, energy_j, self._energy_reason, self._start_memory)
+        self.report = summarize_samples(self._samples, energy_j, self._energy_reason, self._start_memory,
+                                        self._sm_max, self._idle_power, self._extra_reasons)
         self.report.interval_s = self.interval_s
         self.report.gpu_busy_at_start = self.busy_at_start
         try:

@@ -242,6 +242,12 @@ def test_payload_holds_the_length_by_the_server_entry():
 
 # -- checks and metrics from known timings (fake responses) -----------------------------------------------
 
+def _base():
+    """The fixed part of a serving result that results.serving reads (target, thresholds)."""
+    return {"target": {"server": "s", "load": "c2"},
+            "settings": {"interference_cpu_cores": 0.5, "noisy_half_width_rel": 0.1}}
+
+
 def _response(i, ttft, gap, n, sent=0.0, usage=None):
     return Response(i, sent, [ttft + k * gap for k in range(n)], completion_tokens=n if usage is None else usage,
                     prompt_tokens=5, finish_reason="length")
@@ -266,7 +272,7 @@ def test_a_token_count_other_than_asked_is_an_error():
 def test_a_chunked_stream_has_chunk_gaps_and_no_itl():
     fake = [_response(0, 0.10, 0.05, 3, sent=0.0, usage=5)]
     m = ServingMeasurement(Load("c1", concurrency=1), 5, [], fake, 0.2, None, unavailable("no GPU"))
-    r, _ = results.serving({"target": {"server": "s", "load": "c1"}}, m, ["a"], [5], {}, "chunk")
+    r, _ = results.serving(_base(), m, ["a"], [5], {}, "chunk")
     mt = r["metrics"]
     assert mt["itl_s"]["n"] == 0 and "several tokens to an event" in mt["itl_null_reason"]
     assert mt["chunk_gap_s"]["n"] == 2 and mt["tpot_s"]["median"] == pytest.approx(0.1 / 4)
@@ -278,8 +284,7 @@ def test_serving_metrics_from_known_timings():
     fake = [_response(0, 0.10, 0.02, N, sent=100.0), _response(1, 0.30, 0.04, N, sent=100.5)]
     m = ServingMeasurement(Load("c2", concurrency=2), N, [], fake, duration_s=0.5 + 0.30 + 4 * 0.04,
                            send_lag_max_s=None, telemetry=unavailable("no GPU"))
-    r, records = results.serving({"target": {"server": "s", "load": "c2"}}, m, ["a", "b"], [5, 5],
-                                 {"ttft_s": 0.2, "tpot_s": 0.03})
+    r, records = results.serving(_base(), m, ["a", "b"], [5, 5], {"ttft_s": 0.2, "tpot_s": 0.03})
     mt = r["metrics"]
     assert mt["ttft_s"]["median"] == pytest.approx(0.2) and mt["ttft_s"]["max"] == pytest.approx(0.3)
     assert mt["tpot_s"]["min"] == pytest.approx(0.02) and mt["tpot_s"]["max"] == pytest.approx(0.04)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from inference_optim_llm import metrics
 from inference_optim_llm.client import Response, complete
 from inference_optim_llm.hostfacts import log
+from inference_optim_llm.interference import CpuWatch
 from inference_optim_llm.scenarios.static_batches import check_busy
 from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, unavailable
 
@@ -70,6 +71,7 @@ class ServingMeasurement:
     duration_s: float              # first measured send to last measured token
     send_lag_max_s: float | None   # open loop: how late the client sent a request against its schedule
     telemetry: TelemetryReport
+    cpu: dict | None = None        # interference.CpuWatch over the measured phase (the server's processes are ours)
 
 
 def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_unit: str = "token") -> None:
@@ -161,8 +163,10 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
             log(f"warm-up: {len(warm)} requests")
             sampler = None
             if sample_gpu is None:
-                sampler = NvmlSampler(interval_s=spec.telemetry_interval_s, own_pids=server_pids)
+                sampler = NvmlSampler(interval_s=spec.telemetry_interval_s, own_pids=server_pids,
+                                      idle_s=spec.idle_power_s)
                 sampler.__enter__()
+            cpu = CpuWatch(lambda: server_pids).__enter__()
             try:
                 if sampler:
                     check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
@@ -177,11 +181,12 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
                     measured, lag = await _open(client, url, body, n_prompts, times, spec.request_timeout_s,
                                                 first_index=spec.warmup_requests)
             finally:
+                cpu.__exit__(None, None, None)
                 if sampler:
                     sampler.__exit__(None, None, None)
-            return warm, list(measured), lag, sampler
+            return warm, list(measured), lag, sampler, cpu.result
 
-    warm, measured, lag, sampler = asyncio.run(run())
+    warm, measured, lag, sampler, cpu = asyncio.run(run())
     failed = [r for r in measured if r.error and r.error != NOT_SENT]
     for r in failed[:1] + measured:
         check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}", spec.stream_unit)
@@ -190,4 +195,4 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
     tel = sampler.report if sampler else unavailable(sample_gpu)
     log(f"load {load.name}: {len(measured)} requests in {end - start:.2f} s, "
         f"{len(measured) * N / (end - start):.1f} output tokens/s")
-    return ServingMeasurement(load, N, warm, measured, end - start, lag, tel)
+    return ServingMeasurement(load, N, warm, measured, end - start, lag, tel, cpu)

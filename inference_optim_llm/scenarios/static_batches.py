@@ -1,5 +1,6 @@
 """Scenario: static batches through an in-process engine. Warm up, run timed repetitions of full static
-batches over the prompt set, sample telemetry during the timed phase, check every request's token count.
+batches over the prompt set until enough was measured (stopping()), sample telemetry and other processes'
+CPU use during the timed phase, check every request's token count.
 (The serving scenario, an out-of-process server under load, will sit beside this one.)"""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from inference_optim_llm import metrics
 from inference_optim_llm.hostfacts import log
+from inference_optim_llm.interference import CpuWatch
 from inference_optim_llm.metrics import RequestTiming
 from inference_optim_llm.prompts import PromptSet, batches
 from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport
@@ -68,6 +70,8 @@ class Measurement:
     telemetry: TelemetryReport
     memory: dict                         # the engine's memory_stats()
     first_outputs: list[list[int]]       # each prompt's tokens from its first timed run, in prompt order
+    stopping: dict                       # why the timed repetitions stopped (stopping())
+    cpu: dict                            # interference.CpuWatch over the timed phase
 
 
 def measure(engine, spec, ps: PromptSet) -> Measurement:
@@ -87,9 +91,11 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
     requests, batch_rows = [], []
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
-    with NvmlSampler(interval_s=spec.telemetry_interval_s) as sampler:
+    with NvmlSampler(interval_s=spec.telemetry_interval_s, idle_s=spec.idle_power_s) as sampler, CpuWatch() as cpu:
         check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
-        for rep in range(spec.repetitions):
+        t0 = time.perf_counter()
+        rep = 0
+        while True:
             for b, idx in enumerate(plan):
                 out = engine.generate([ps.token_ids[i] for i in idx], N)
                 metrics.check_token_counts(out.tokens, N)
@@ -99,7 +105,35 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
                     timing = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
                     requests.append(Request(rep, b, i, len(ps.token_ids[i]), timing,
                                             padding=b * spec.batch_size + j >= len(ps.token_ids)))
-                log(f"rep {rep + 1}/{spec.repetitions} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
+                log(f"rep {rep + 1} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
                     f"{N * len(idx) / out.e2e_s:.1f} output tokens/s")
+            rep += 1
+            stop = stopping(rep, time.perf_counter() - t0, [b.output_tokens / b.e2e_s for b in batch_rows], spec)
+            if stop:
+                log(f"stopped after {rep} repetitions: {stop['reason']}")
+                break
     return Measurement(N, warmup_s, requests, batch_rows, sampler.report, engine.memory_stats(),
-                       [first_outputs[i] for i in sorted(first_outputs)])
+                       [first_outputs[i] for i in sorted(first_outputs)], stop, cpu.result)
+
+
+def stopping(reps: int, timed_s: float, throughputs: list[float], spec) -> dict | None:
+    """After each repetition: None to go on, else why the cell stops (pure logic). At least `repetitions`;
+    then more while the timed work is under min_measure_s or the median output tok/s's 95 % interval is
+    wider than ci_target_rel (when one is set), up to max_repetitions and max_measure_s."""
+    from inference_optim_llm.stats import median_ci
+
+    ci = median_ci(throughputs) if spec.ci_target_rel > 0 else None
+    hw = ci["half_width_rel"] if ci else None
+    state = {"repetitions": reps, "timed_s": timed_s, "half_width_rel": hw, "target": spec.ci_target_rel or None}
+    if reps < spec.repetitions:
+        return None
+    enough_time = timed_s >= spec.min_measure_s
+    precise = spec.ci_target_rel <= 0 or (hw is not None and hw <= spec.ci_target_rel)
+    if enough_time and precise:
+        return {"reason": "repetitions done" if spec.ci_target_rel <= 0 and spec.min_measure_s <= 0
+                else "target met", **state}
+    if reps >= max(spec.max_repetitions, spec.repetitions):
+        return {"reason": "repetition cap (max_repetitions)", **state}
+    if timed_s >= spec.max_measure_s:
+        return {"reason": "time cap (max_measure_s)", **state}
+    return None
