@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from inference_optim_llm import bounds, stages
+from inference_optim_llm.interference import InterferenceError
 from inference_optim_llm.scenarios.serving import RequestFailed
 from inference_optim_llm.servers import ServerStartError
 
@@ -50,6 +51,18 @@ def cmd_run_serving(a) -> int:
 
 def cmd_serving_model(a) -> int:
     stages.serving_model(a.model_dir, a.out, a.trust_remote_code, a.device, a.dtype)
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from inference_optim_llm.compare import compare
+    from inference_optim_llm.io import write_atomic
+    if a.output:
+        stages.check_outputs((a.output, "--output"))
+    text = compare(Path(a.run_a), Path(a.run_b), a.force)
+    if a.output:
+        write_atomic(a.output, text)
+    print(text)
     return 0
 
 
@@ -206,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="measure the device's memory bandwidth (large device copy)")
     c.add_argument("--output", required=True)
     c.add_argument("--device", default="auto")
-    c.add_argument("--size-mb", type=int, default=1024)
+    c.add_argument("--size-mb", type=int, default=2048)
     c.set_defaults(fn=cmd_calibrate)
 
     be = sub.add_parser("build-engine", help="build an engine's cached artifact (compile cache, TensorRT engine)")
@@ -225,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--title", default="Inference-Optim-LLM benchmark results")
     g.set_defaults(fn=cmd_aggregate)
 
+    cp = sub.add_parser("compare", help="compare two result sets: each cell's change with its 95 % interval, "
+                        "and what differs between the runs")
+    cp.add_argument("run_a", help="directory of the first run's result files (a results/ or docs/results/<card>/)")
+    cp.add_argument("run_b", help="directory of the second run's result files")
+    cp.add_argument("--output", help="write the Markdown comparison here too")
+    cp.add_argument("--force", action="store_true", help="compare runs on different GPU models anyway")
+    cp.set_defaults(fn=cmd_compare)
+
     v = sub.add_parser("validate-result", help="check result files against their schema (inference_optim_llm/schemas/)")
     v.add_argument("files", nargs="+")
     v.set_defaults(fn=cmd_validate)
@@ -236,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     stages.install_signal_handlers()
     try:
         return args.fn(args)
-    except (ValueError, OSError, ServerStartError, RequestFailed) as e:  # bad input, an unwritable place, a
+    except (ValueError, OSError, ServerStartError, RequestFailed, InterferenceError) as e:  # bad input, an unwritable place, a
         # server that did not start (its log's tail follows), a failed request: the message, no traceback
         return _fail(str(e))
     except stages.Terminated as e:

@@ -57,6 +57,14 @@ def _hw(metrics: dict | None, key: str, scale: float = 1.0):
     return None if not ci else (ci["high"] - ci["low"]) / 2 * scale
 
 
+def _datasheet_fraction(bw: dict, gpu_name: str | None) -> float | None:
+    """Achieved decode bandwidth over the card's datasheet figure (bandwidth.DATASHEET_GB_S), from what the
+    result file holds (so results measured before the field existed get it too)."""
+    from inference_optim_llm.bandwidth import datasheet_bandwidth
+    sheet, _ = datasheet_bandwidth(gpu_name)
+    return bw["achieved_gb_s"] / sheet if sheet and bw.get("achieved_gb_s") else None
+
+
 def row(result: dict, path: Path) -> dict:
     t, m, tel, prov = result["target"], result["metrics"], result["telemetry"], result["provenance"]
     agreement = result.get("agreement") or {}
@@ -87,6 +95,7 @@ def row(result: dict, path: Path) -> dict:
         "exact_match_rate": agreement.get("exact_match_rate"),
         "first_divergence": agreement.get("first_divergence"),
         "bandwidth_fraction": bw.get("fraction_of_measured"),
+        "datasheet_fraction": _datasheet_fraction(bw, prov.get("gpu_name")),
         "verdict": (result.get("verdict") or {}).get("status"),
         "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
         "repetitions_timed": (result.get("stopping") or {}).get("repetitions"),
@@ -206,7 +215,7 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 13)
+            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 14)
             continue
         rows.append([r.engine, r.batch_size, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
                      _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
@@ -214,10 +223,11 @@ def cell_table(g) -> str:
                      _fmt(r.power_mean_w), _fmt(r.energy_per_token_j, 4),
                      _speedup(r.speedup_vs_baseline, r.speedup_hw),
                      _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
-                     _percent(r.bandwidth_fraction), r.verdict if isinstance(r.verdict, str) else "n/a"])
+                     _percent(r.bandwidth_fraction), _percent(r.datasheet_fraction),
+                     r.verdict if isinstance(r.verdict, str) else "n/a"])
     headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
-               "first split", "of bandwidth", "verdict"]
+               "first split", "of bandwidth", "of datasheet", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

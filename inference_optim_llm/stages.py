@@ -74,7 +74,7 @@ def reference_tokens(spec, output: str) -> None:
     write_json(output, measure(spec))
 
 
-def calibrate(device: str, output: str, size_mb: int = 1024) -> dict:
+def calibrate(device: str, output: str, size_mb: int = 2048) -> dict:
     from inference_optim_llm import bandwidth, provenance
     from inference_optim_llm.hostfacts import resolve_device
     from inference_optim_llm.intermediates import check_calibration

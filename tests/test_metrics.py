@@ -174,3 +174,15 @@ def test_aggregate_one_token_requests_have_no_tpot():
     assert m["tpot_s"]["n"] == 0 and m["tpot_s"]["median"] is None
     assert m["ttft_s"]["median"] == pytest.approx(0.2)
     assert not math.isnan(m["output_tokens_per_s"]["median"])
+
+
+def test_fraction_of_the_datasheet_bandwidth():
+    from inference_optim_llm.bandwidth import datasheet_bandwidth, decode_bandwidth
+
+    assert datasheet_bandwidth("NVIDIA H200") == (4800.0, None)
+    assert datasheet_bandwidth("NVIDIA Foo 9000")[0] is None and "not in the datasheet table" in datasheet_bandwidth("NVIDIA Foo 9000")[1]
+    model = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256}
+    bw = decode_bandwidth(model, "bfloat16", 1, 64, 64, 0.001, None, "NVIDIA H200")
+    assert bw["fraction_of_datasheet"] == pytest.approx(bw["achieved_gb_s"] / 4800)
+    assert decode_bandwidth(model, "bfloat16", 1, 64, 64, 0.001, None, "NVIDIA Foo 9000")["fraction_of_datasheet"] is None

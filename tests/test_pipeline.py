@@ -252,3 +252,13 @@ def test_seed_cli_form_writes_the_seed_records(tmp_path, smollm2_dir):
     records = [json.loads(line) for line in out.open()]
     assert len(records) == 16 and all(r["tokens"] == 4 for r in records)
     assert "output_tokens_per_s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_snakemake_html_report_holds_the_report_plots_and_results(run):
+    """`snakemake --report report.html`: one self-contained HTML file of what the rules mark with report()."""
+    snakemake(run, "--report", str(run / "report.html"))
+    html = (run / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000
+    for name in ("benchmark_results.md", "summary.csv", "bs1.json"):
+        assert name in html, name

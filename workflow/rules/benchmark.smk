@@ -51,7 +51,11 @@ rule run_benchmark:
         artifact=artifact_dir,
         calibration=calibration_input,
     output:
-        result="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json",
+        result=report(
+            "results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json",
+            category="Results",
+            subcategory="{model} / {engine}",
+        ),
         records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.jsonl",
     conda:
         "../../envs/pipeline.yaml"

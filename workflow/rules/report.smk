@@ -3,9 +3,10 @@ rule aggregate:
         results=all_results() + serving_results(),
         calibration=calibration_input,
     output:
-        md="results/benchmark_results.md",
-        csv="results/summary.csv",
-        plots=directory("results/plots"),
+        # report(): `snakemake --report report.html` gives one self-contained HTML report of these
+        md=report("results/benchmark_results.md", category="Report"),
+        csv=report("results/summary.csv", category="Summary"),
+        plots=report(directory("results/plots"), patterns=["{name}.png"], category="Plots"),
     conda:
         "../../envs/pipeline.yaml"
     container:

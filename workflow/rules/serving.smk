@@ -29,7 +29,11 @@ rule run_serving:
         model=serving_model_input,
         prompts=prompt_inputs,
     output:
-        result="results/serving/{model}/{server}/{prompt_set}/{load}.json",
+        result=report(
+            "results/serving/{model}/{server}/{prompt_set}/{load}.json",
+            category="Serving results",
+            subcategory="{model} / {server}",
+        ),
         records="results/serving/{model}/{server}/{prompt_set}/{load}.jsonl",
     conda:
         "../../envs/pipeline.yaml"
