@@ -15,8 +15,9 @@ def measure(device: str, size_mb: int = 2048, copies: int = 10, trials: int = 7)
     """Sustained copy bandwidth within device memory, counting bytes read plus bytes written: `copies`
     back-to-back copies of a size_mb buffer between two events (so no launch gap or event overhead falls
     between copies, as in a long decode), per-copy time = the span / copies; median over `trials`.
-    Timing each copy alone, as before 2026-11-28, read about 3 % under a back-to-back copy on an H200
-    (4133 against 4264 GB/s): the gap before and after each single copy was counted as copy time."""
+    Why (docs/measurements/README.md): timing each copy alone, as before 2026-11-28, read 3 to 4 % under a
+    back-to-back copy on an H200, as the gap around each single copy counted as copy time; this reads
+    0.6 % under it."""
     import torch
 
     n = size_mb * 2**20 // 4
