@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--title", default="Inference-Optim-LLM benchmark results")
     g.set_defaults(fn=cmd_aggregate)
 
-    cp = sub.add_parser("compare", help="compare two result sets: each cell's change with its 95 % interval, "
+    cp = sub.add_parser("compare", help="compare two result sets: each cell's change with its 95 percent interval, "
                         "and what differs between the runs")
     cp.add_argument("run_a", help="directory of the first run's result files (a results/ or docs/results/<card>/)")
     cp.add_argument("run_b", help="directory of the second run's result files")

@@ -101,7 +101,8 @@ def test_report_figures_come_from_the_result_files(run):
         tps = r["metrics"]["output_tokens_per_s"]["median"]
         assert float(rows[key]["output_tokens_per_s"]) == pytest.approx(tps)
         ttft_ms = r["metrics"]["ttft_s"]["median"] * 1e3
-        assert re.search(rf"\| {key[0]}\s*\| {key[2]}\s*\| {tps:.1f}\s*\| {ttft_ms:.1f}\s*\|", md), key
+        pm = r"( ± [0-9.]+)?"   # the half-width of the median's 95 % interval, where there is one
+        assert re.search(rf"\| {key[0]}\s*\| {key[2]}\s*\| {tps:.1f}{pm}\s*\| {ttft_ms:.1f}{pm}\s*\|", md), key
     base, comp = rs[("baseline", "short", 1)], rs[("compiled", "short", 1)]
     speedup = comp["metrics"]["output_tokens_per_s"]["median"] / base["metrics"]["output_tokens_per_s"]["median"]
     assert float(rows[("compiled", "short", 1)]["speedup_vs_baseline"]) == pytest.approx(speedup)
