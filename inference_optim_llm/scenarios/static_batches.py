@@ -105,7 +105,8 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
                     timing = metrics.request_timing(out.token_times_s[j], len(out.tokens[j]), out.e2e_s)
                     requests.append(Request(rep, b, i, len(ps.token_ids[i]), timing,
                                             padding=b * spec.batch_size + j >= len(ps.token_ids)))
-                log(f"rep {rep + 1} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
+                of = f"{rep + 1}/{spec.repetitions}" if rep < spec.repetitions else f"{rep + 1} (more: stopping rule)"
+                log(f"rep {of} batch {b + 1}/{len(plan)}: {out.e2e_s:.2f} s, "
                     f"{N * len(idx) / out.e2e_s:.1f} output tokens/s")
             rep += 1
             stop = stopping(rep, time.perf_counter() - t0, [b.output_tokens / b.e2e_s for b in batch_rows], spec)
