@@ -357,7 +357,9 @@ def test_the_serving_report_matches_the_result_files(served):
         row = next(line for line in md.splitlines() if line.startswith(f"| transformers | {p.stem} "))
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert cells[2] == f"{m['requests_per_s']:.2f}" and cells[3] == f"{m['output_tokens_per_s']:.1f}"
-        assert cells[4].split(" / ")[0] == f"{m['ttft_s']['median'] * 1e3:.1f}"
+        ttft_p50, ttft_hw = cells[4].split(" / ")[0].split(" ± ")   # p50 with its interval's half-width
+        ci = m["ttft_s"]["ci95"]
+        assert ttft_p50 == f"{m['ttft_s']['median'] * 1e3:.1f}" and ttft_hw == f"{(ci['high'] - ci['low']) / 2 * 1e3:.1f}"
         assert cells[5].split(" / ")[1] == f"{m['tpot_s']['p90'] * 1e3:.2f}"
     assert (served / "results" / "plots" / "serving__smollm2-135m__tok16.png").stat().st_size > 0
 
