@@ -16,7 +16,7 @@ from inference_optim_llm.intermediates import IntermediateError, check_existing
 from inference_optim_llm.models import ModelSourceError, check_prompt_lengths, check_source
 from inference_optim_llm.prompts import PromptError, read_prompt_file
 from inference_optim_llm.servers import ServerEntry
-from inference_optim_llm.spec import TRUST_KEYS, BenchSpec, ServeSpec
+from inference_optim_llm.spec import INTERFERENCE_KEYS, TRUST_KEYS, BenchSpec, ServeSpec
 
 CALIBRATION = "results/calibration/bandwidth.json"
 
@@ -175,7 +175,7 @@ class Plan:
             burstiness=s["burstiness"], request_timeout_s=s["request_timeout_s"], slo=s["slo"], seed=b["seed"],
             device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"], strict=b["strict"],
             refuse_busy_gpu=b["refuse_busy_gpu"], trust_remote_code=self.trust_remote_code(model),
-            **{k: b[k] for k in TRUST_KEYS[4:]})
+            **{k: b[k] for k in INTERFERENCE_KEYS})
         return asdict(spec)
 
     # -- checks --------------------------------------------------------------------------------------------

@@ -231,6 +231,21 @@ def cell_table(g) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (a temporary name, then a rename) and close it. Names
+    come from validated result files (no '/', no '..')."""
+    import matplotlib.pyplot as plt
+
+    tmp = temp_path(path)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def plots(df, plots_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -255,15 +270,7 @@ def plots(df, plots_dir: Path) -> list[Path]:
         a2.set(xlabel="output tokens/s", ylabel="end-to-end latency p50 (s)", title="latency against throughput")
         a1.legend(), a2.legend()
         fig.tight_layout()
-        path = plots_dir / f"{model}__{ps}.png"
-        tmp = temp_path(path)   # names come from validated result files (no '/', no '..')
-        try:
-            fig.savefig(tmp, dpi=100, format="png")
-            tmp.replace(path)
-        finally:
-            plt.close(fig)
-            tmp.unlink(missing_ok=True)
-        made.append(path)
+        made.append(save_figure(fig, plots_dir / f"{model}__{ps}.png"))
     return made
 
 

@@ -11,7 +11,7 @@ from inference_optim_llm.engines import ENGINES
 from inference_optim_llm.hostfacts import log
 from inference_optim_llm.io import write_json, write_jsonl
 from inference_optim_llm.models import model_facts
-from inference_optim_llm.spec import TRUST_KEYS
+from inference_optim_llm.spec import INTERFERENCE_KEYS, TRUST_KEYS
 from inference_optim_llm.stats import summarize
 from inference_optim_llm.telemetry import unavailable
 
@@ -155,7 +155,7 @@ def serving_base(spec, device: str, dtype: str, entry) -> dict:
                      "min_duration_s": spec.min_duration_s, "warmup_requests": spec.warmup_requests,
                      "burstiness": spec.burstiness, "request_timeout_s": spec.request_timeout_s, "slo": spec.slo,
                      "seed": spec.seed, "device": device, "dtype": dtype,
-                     "telemetry_interval_s": spec.telemetry_interval_s, **{k: getattr(spec, k) for k in TRUST_KEYS[4:]}},
+                     "telemetry_interval_s": spec.telemetry_interval_s, **{k: getattr(spec, k) for k in INTERFERENCE_KEYS}},
         "server": {"command": entry.command, "base_url": entry.base_url, "length_control": entry.length_control,
                    "stream_unit": entry.stream_unit, "started_by_job": not entry.external},
         "model": model_facts(Path(spec.model_dir)),

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference_optim_llm.io import temp_path
-from inference_optim_llm.report import _hw
+from inference_optim_llm.report import _fmt, _hw, _pm, save_figure
 
 
 def _q(metrics, key, q="median", scale=1.0):
@@ -66,12 +65,7 @@ def build_frame(results: list[tuple[Path, dict]]):
     return df.sort_values(["model", "prompt_set", "server", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def _f(v, digits=1):
-    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
 
-
-def _pm(v, hw, digits=1):
-    return _f(v, digits) + (f" ± {hw:.{digits}f}" if v is not None and v == v and hw is not None and hw == hw else "")
 
 
 def table(g) -> str:
@@ -82,13 +76,13 @@ def table(g) -> str:
         if r.status != "ok":
             rows.append([r.server, r.load, r.status.upper()] + [""] * 12)
             continue
-        rows.append([r.server, r.load, _f(r.requests_per_s, 2), _f(r.output_tokens_per_s),
-                     f"{_pm(r.ttft_ms_p50, r.ttft_ms_hw)} / {_f(r.ttft_ms_p90)} / {_f(r.ttft_ms_p99)}",
-                     f"{_pm(r.tpot_ms_p50, r.tpot_ms_hw, 2)} / {_f(r.tpot_ms_p90, 2)}",
-                     f"{_f(r.itl_ms_p50, 2)} / {_f(r.itl_ms_p99, 2)}", f"{_f(r.e2e_s_p50, 3)} / {_f(r.e2e_s_p90, 3)}",
-                     _f(r.goodput_requests_per_s, 2), "n/a" if r.goodput_fraction != r.goodput_fraction
-                     else f"{100 * r.goodput_fraction:.0f} %", _f(r.gpu_memory_peak_mb, 0), _f(r.power_mean_w),
-                     _f(r.energy_per_token_j, 4), int(r.requests),
+        rows.append([r.server, r.load, _fmt(r.requests_per_s, 2), _fmt(r.output_tokens_per_s),
+                     f"{_pm(r.ttft_ms_p50, r.ttft_ms_hw)} / {_fmt(r.ttft_ms_p90)} / {_fmt(r.ttft_ms_p99)}",
+                     f"{_pm(r.tpot_ms_p50, r.tpot_ms_hw, 2)} / {_fmt(r.tpot_ms_p90, 2)}",
+                     f"{_fmt(r.itl_ms_p50, 2)} / {_fmt(r.itl_ms_p99, 2)}", f"{_fmt(r.e2e_s_p50, 3)} / {_fmt(r.e2e_s_p90, 3)}",
+                     _fmt(r.goodput_requests_per_s, 2), "n/a" if r.goodput_fraction != r.goodput_fraction
+                     else f"{100 * r.goodput_fraction:.0f} %", _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.power_mean_w),
+                     _fmt(r.energy_per_token_j, 4), int(r.requests),
                      r.verdict if isinstance(r.verdict, str) else "n/a"])
     headers = ["server", "load", "req/s", "output tok/s", "TTFT p50/p90/p99 ms", "TPOT p50/p90 ms",
                "ITL p50/p99 ms", "e2e p50/p90 s", "goodput req/s", "meeting SLO", "GPU mem peak MiB", "power W",
@@ -123,14 +117,7 @@ def plot(g, path: Path) -> Path:
     for ax in (a1, a2, a3):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = temp_path(path)   # names come from validated result files
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 def sections(df, plots_dir: Path) -> list[dict]:
@@ -163,10 +150,10 @@ def comparison(static_df, serving_df) -> list[dict]:
         s = st[(st.model == key[0]) & (st.prompt_set == key[1]) & (st.max_new_tokens == key[2])]
         if s.empty:
             continue
-        rows = [[f"`{r.engine}` (static)", f"batch {r.batch_size}", _f(r.output_tokens_per_s), _f(r.ttft_ms_p50),
-                 _f(r.tpot_ms_p50, 2), _f(r.e2e_s_p50, 3)] for r in s.itertuples()]
-        rows += [[f"`{r.server}` (server)", r.load, _f(r.output_tokens_per_s), _f(r.ttft_ms_p50),
-                  _f(r.tpot_ms_p50, 2), _f(r.e2e_s_p50, 3)] for r in g.itertuples()]
+        rows = [[f"`{r.engine}` (static)", f"batch {r.batch_size}", _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
+                 _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3)] for r in s.itertuples()]
+        rows += [[f"`{r.server}` (server)", r.load, _fmt(r.output_tokens_per_s), _fmt(r.ttft_ms_p50),
+                  _fmt(r.tpot_ms_p50, 2), _fmt(r.e2e_s_p50, 3)] for r in g.itertuples()]
         out.append({"model": key[0], "prompt_set": key[1], "max_new_tokens": int(key[2]),
                     "table": tabulate(rows, headers=["engine or server", "batch or load", "output tok/s",
                                                      "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s"],

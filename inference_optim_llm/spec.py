@@ -12,12 +12,24 @@ from inference_optim_llm.hostfacts import check_device
 from inference_optim_llm.models import check_name
 
 # benchmark.* keys of issue 13 (enough measurement, then interference), carried by the specs as they are
-TRUST_KEYS = ("min_measure_s", "ci_target_rel", "max_repetitions", "max_measure_s",
-              "idle_power_s", "interference_cpu_cores", "noisy_half_width_rel", "on_interference")
+MEASURE_KEYS = ("min_measure_s", "ci_target_rel", "max_repetitions", "max_measure_s")   # static batches only
+INTERFERENCE_KEYS = ("idle_power_s", "interference_cpu_cores", "noisy_half_width_rel", "on_interference")
+TRUST_KEYS = MEASURE_KEYS + INTERFERENCE_KEYS
+
+
+class _FromJson:
+    @classmethod
+    def from_json(cls, text: str):
+        """A spec from the CLI's --spec JSON: an unknown key is an error naming it."""
+        data = json.loads(text)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"--spec: unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
 
 
 @dataclass
-class BenchSpec:
+class BenchSpec(_FromJson):
     """One benchmark target. Built by Snakemake (common.smk) or by the CLI's `run` flags."""
     model: str
     model_dir: str
@@ -70,13 +82,6 @@ class BenchSpec:
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"trust_remote_code: {self.trust_remote_code!r} is not a boolean")
 
-    @classmethod
-    def from_json(cls, text: str) -> "BenchSpec":
-        data = json.loads(text)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown benchmark spec keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int,
@@ -104,7 +109,7 @@ def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max
 
 
 @dataclass
-class ServeSpec:
+class ServeSpec(_FromJson):
     """One serving target: a model behind a server (servers.py) under one load point (scenarios/serving.py).
     Built by plan.py from the config's `servers`, `serving` and `benchmark` keys."""
     model: str
@@ -146,7 +151,7 @@ class ServeSpec:
         check_name(self.prompt_set, "prompt set name")
         ServerEntry.from_config(self.server, self.server_entry)
         Load.parse(self.load)
-        for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype", *TRUST_KEYS[4:]):
+        for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype", *INTERFERENCE_KEYS):
             bounds.check(f"benchmark.{key}", getattr(self, key), key)
         for key in ("requests", "min_duration_s", "warmup_requests", "burstiness", "request_timeout_s", "slo"):
             bounds.check(f"serving.{key}", getattr(self, key), key)

@@ -36,25 +36,22 @@ def check_outputs(*pairs: tuple[str | None, str]) -> None:
             check_writable(path, flag)
 
 
-def write_result(result: dict, records: list[dict], output: str | None, records_out: str | None) -> None:
-    from inference_optim_llm import results
-    results.write(result, records, output, records_out)
-
-
 def run_benchmark(spec, output: str | None, records: str | None, flags=("--output", "--records")) -> dict:
+    from inference_optim_llm import results
     from inference_optim_llm.runner import run
     check_outputs((output, flags[0]), (records, flags[1]))
     result, rows = run(spec)
-    write_result(result, rows, output, records)
+    results.write(result, rows, output, records)
     return result
 
 
 def run_serving(spec, output: str | None, records: str | None, server_log: str,
                 flags=("--output", "--records", "--server-log")) -> dict:
+    from inference_optim_llm import results
     from inference_optim_llm.runner import run_serving as measure
     check_outputs((output, flags[0]), (records, flags[1]), (server_log, flags[2]))
     result, rows = measure(spec, server_log)
-    write_result(result, rows, output, records)
+    results.write(result, rows, output, records)
     return result
 
 

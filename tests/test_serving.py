@@ -115,6 +115,15 @@ def test_a_server_that_exits_is_reported_with_its_status(tmp_path):
             pass
 
 
+class _MeasureSpec:
+    """The fields scenarios.serving.measure() reads, for the stub-server tests."""
+    max_new_tokens, requests, min_duration_s, warmup_requests, burstiness = 4, 2, 0, 1, 1.0
+    request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu, stream_unit = 10, 0.05, 0, False, "token"
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
 def test_a_failed_request_fails_the_point_and_stops_the_server(tmp_path):
     from inference_optim_llm.scenarios.serving import RequestFailed, measure
 
@@ -122,13 +131,10 @@ def test_a_failed_request_fails_the_point_and_stops_the_server(tmp_path):
     server = Server([sys.executable, str(STUB), str(port), "fail"], tmp_path / "l", f"http://127.0.0.1:{port}",
                     start_timeout_s=30, grace_s=2)
 
-    class Spec:   # the fields measure() reads
-        max_new_tokens, requests, min_duration_s, warmup_requests, burstiness = 4, 2, 0, 1, 1.0
-        request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu, stream_unit = 10, 0.05, 0, False, "token"
 
     with pytest.raises(RequestFailed, match="warm-up: request for prompt 0 failed: HTTP 500: stub server"):
         with server as url:
-            measure(url + "/v1/completions", lambda i: payload("m", "p", 4, "ignore_eos"), [1], Spec(),
+            measure(url + "/v1/completions", lambda i: payload("m", "p", 4, "ignore_eos"), [1], _MeasureSpec(),
                     Load.parse("c1"), "no GPU here")
     assert _group(server.proc.pid) == []
 
@@ -141,15 +147,12 @@ def test_a_request_over_its_time_limit_fails_the_point(tmp_path):
     server = Server([sys.executable, str(STUB), str(port), "hang"], tmp_path / "l", f"http://127.0.0.1:{port}",
                     start_timeout_s=30, grace_s=2)
 
-    class Spec:   # the fields measure() reads
-        max_new_tokens, requests, min_duration_s, warmup_requests, burstiness = 4, 2, 0, 1, 1.0
-        request_timeout_s, telemetry_interval_s, seed, refuse_busy_gpu, stream_unit = 1, 0.05, 0, False, "token"
 
     t = time.monotonic()
     with pytest.raises(RequestFailed, match=r"no complete answer within 1 s \(request_timeout_s\)"):
         with server as url:
-            measure(url + "/v1/completions", lambda i: payload("m", "p", 4, "ignore_eos"), [1], Spec(),
-                    Load.parse("c1"), "no GPU here")
+            measure(url + "/v1/completions", lambda i: payload("m", "p", 4, "ignore_eos"), [1],
+                    _MeasureSpec(request_timeout_s=1), Load.parse("c1"), "no GPU here")
     assert time.monotonic() - t < 20 and _group(server.proc.pid) == []
 
 

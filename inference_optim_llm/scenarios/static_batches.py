@@ -123,11 +123,11 @@ def stopping(reps: int, timed_s: float, throughputs: list[float], spec) -> dict 
     wider than ci_target_rel (when one is set), up to max_repetitions and max_measure_s."""
     from inference_optim_llm.stats import median_ci
 
+    if reps < spec.repetitions:   # between repetitions the GPU idles: no bootstrap while it cannot stop
+        return None
     ci = median_ci(throughputs) if spec.ci_target_rel > 0 else None
     hw = ci["half_width_rel"] if ci else None
     state = {"repetitions": reps, "timed_s": timed_s, "half_width_rel": hw, "target": spec.ci_target_rel or None}
-    if reps < spec.repetitions:
-        return None
     enough_time = timed_s >= spec.min_measure_s
     precise = spec.ci_target_rel <= 0 or (hw is not None and hw <= spec.ci_target_rel)
     if enough_time and precise:
