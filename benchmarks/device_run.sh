@@ -8,6 +8,10 @@
 #   bash benchmarks/device_run.sh matrix     # carry .carry/gguf2: the whole matrix, started in the background
 #   bash benchmarks/device_run.sh wait       # follow it (again while it runs), profile once done; into $OUT
 # On an H100 (2026-11-28) the synthetic part took 8 min and the rest 20 min: 29 of 30 device minutes.
+# The trust run (issue 13): the two synthetic shapes at batch 1 and 16, baseline and compiled, twice (run a,
+# then run b on the same builds), each run's report, and a compare of the two; two calls, the second at once:
+#   bash benchmarks/device_run.sh trust        # carry .whl .carry/models; starts it, follows 560 s
+#   bash benchmarks/device_run.sh trust-wait   # follows it to the end; everything under results/trust
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
 STATE=results/device
@@ -37,7 +41,7 @@ follow() {  # $1: seconds at most
   done
 }
 pack() {  # $1: archive name
-  tar czf "$OUT/$1.tgz" results/benchmark_results.md results/summary.csv results/plots results/runs \
+  tar czf "$OUT/$1.tgz" results/trust results/benchmark_results.md results/summary.csv results/plots results/runs \
     results/calibration results/reference results/logs results/device resources/engines/*/*/build_info.json \
     2>/dev/null
   ls -la "$OUT"
@@ -51,6 +55,16 @@ profile() {  # the compiled decode step of each synthetic shape, kernel by kind,
   done
 }
 SYN=(results/runs/llama-{1b,8b}/{baseline,compiled}/tok64/bs1.json)
+TRUST=(results/runs/llama-{1b,8b}/{baseline,compiled}/tok64/bs{1,16}.json)
+trust_run() {  # $1: a or b. Its result files, records and logs go to results/trust/$1; the builds stay.
+  "${SNAKEMAKE[@]}" "${TRUST[@]}"
+  local rc=$? dir=results/trust/$1
+  mkdir -p $dir/logs && mv results/runs $dir/ && mv results/logs/runs $dir/logs/
+  python3 -m inference_optim_llm aggregate $dir/runs/*/*/*/*.json --calibration results/calibration/bandwidth.json \
+    --out-md $dir/benchmark_results.md --out-csv $dir/summary.csv --plots-dir $dir/plots \
+    --title "Trust run $1 (issue 13)"
+  return $rc
+}
 case "$1" in
 synthetic)
   cp .carry/gguf1/* resources/downloads/parts/
@@ -71,6 +85,22 @@ matrix)
   start matrix
   follow 540
   pack matrix ;;
+trust)
+  for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
+  setsid nohup bash benchmarks/device_run.sh trust-job > "$STATE/trust.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow 560
+  pack trust ;;
+trust-job)
+  date -u +%FT%TZ > $STATE/trust-start
+  trust_run a; trust_run b
+  python3 -m inference_optim_llm compare results/trust/a results/trust/b --output results/trust/compare.md
+  date -u +%FT%TZ > $STATE/trust-end ;;
+trust-wait)
+  follow "${2:-560}"
+  tail -40 $STATE/trust.log
+  pack trust ;;
 wait)
   follow "${2:-380}"
   tail -30 $STATE/matrix.log
