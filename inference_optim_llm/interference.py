@@ -6,7 +6,10 @@ spread of the headline figure: one verdict per cell, with its reasons.
   noisy       the headline median's 95 % interval is wider than benchmark.noisy_half_width_rel
   interfered  other work ran beside it: other processes used more than benchmark.interference_cpu_cores
               CPU cores on average, or other processes were on the GPU
-  throttled   the GPU slowed its clocks for power, heat or a hardware reason during the timed phase
+  throttled   the GPU slowed its clocks for heat or a hardware reason during the timed phase, or for its
+              power cap with the SM clock below 99 % of its maximum on average (a power cap that held
+              the clock within 1 % is a note, not a verdict: on an H200, 2026-11-28, the 8B shapes at
+              batch 16 set the power-cap bit with the SM clock at 99.8 % of its maximum)
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import time
 # NVML clock event ("throttle") reasons that mean the GPU was slowed, not merely idle or set so.
 SLOWDOWN_REASONS = {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
                     "hw_power_brake_slowdown"}
+POWER_CAP = "sw_power_cap"
+POWER_CAP_CLOCK_SHARE = 0.99   # mean SM clock over its maximum under which a power cap marks a cell throttled
 
 
 class CpuWatch:
@@ -73,9 +78,12 @@ class CpuWatch:
 
 
 def verdict(cpu: dict | None, gpu_busy: dict | None, throttle_reasons: list | None, half_width_rel: float | None,
-            cpu_threshold: float, noisy_threshold: float) -> dict:
-    """The cell's verdict and every reason behind it (pure logic)."""
+            cpu_threshold: float, noisy_threshold: float, sm_clock: tuple[float | None, float | None] = (None, None)
+            ) -> dict:
+    """The cell's verdict and every reason behind it, and notes that did not change it (pure logic).
+    sm_clock: the timed phase's mean SM clock and the card's maximum, MHz."""
     reasons = {"interfered": [], "throttled": [], "noisy": []}
+    notes = []
     others = (cpu or {}).get("other_cpu_cores")
     if others is not None and others > cpu_threshold:
         reasons["interfered"].append(f"other processes used {others:.2f} CPU cores on average during the timed "
@@ -85,14 +93,21 @@ def verdict(cpu: dict | None, gpu_busy: dict | None, throttle_reasons: list | No
         pids = ", ".join(str(p["pid"]) for p in gpu_busy.get("other_processes", []))
         reasons["interfered"].append(f"other processes on the GPU when the timed phase began (pid {pids})")
     slowed = sorted(set(throttle_reasons or []) & SLOWDOWN_REASONS)
-    if slowed:
-        reasons["throttled"].append(f"the GPU reported clock slowdown during the timed phase: {', '.join(slowed)}")
+    mean, top = sm_clock
+    share = mean / top if mean and top else None
+    held = f"; the SM clock averaged {100 * share:.1f} % of its maximum" if share is not None else ""
+    if slowed == [POWER_CAP] and share is not None and share >= POWER_CAP_CLOCK_SHARE:
+        notes.append(f"the GPU reported its power cap (sw_power_cap) during the timed phase{held}: "
+                     f"not counted as throttled (under {100 * POWER_CAP_CLOCK_SHARE:g} % would be)")
+    elif slowed:
+        reasons["throttled"].append(f"the GPU reported clock slowdown during the timed phase: "
+                                    f"{', '.join(slowed)}{held}")
     if half_width_rel is not None and half_width_rel > noisy_threshold:
         reasons["noisy"].append(f"the headline median's 95 % interval is ±{100 * half_width_rel:.1f} % "
                                 f"(limit benchmark.noisy_half_width_rel {100 * noisy_threshold:g} %)")
     status = next((s for s in ("interfered", "throttled", "noisy") if reasons[s]), "ok")
     return {"status": status, "reasons": [r for s in ("interfered", "throttled", "noisy") for r in reasons[s]],
-            "cpu": cpu, "throttle_reasons": throttle_reasons}
+            "notes": notes, "cpu": cpu, "throttle_reasons": throttle_reasons}
 
 
 class InterferenceError(RuntimeError):

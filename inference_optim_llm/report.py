@@ -98,6 +98,7 @@ def row(result: dict, path: Path) -> dict:
         "datasheet_fraction": _datasheet_fraction(bw, prov.get("gpu_name")),
         "verdict": (result.get("verdict") or {}).get("status"),
         "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
+        "verdict_notes": "; ".join((result.get("verdict") or {}).get("notes") or []) or None,
         "repetitions_timed": (result.get("stopping") or {}).get("repetitions"),
         "stopped_because": (result.get("stopping") or {}).get("reason"),
         "energy_above_idle_per_token_j": tel.get("energy_above_idle_per_token_j"),
@@ -177,8 +178,10 @@ def verdict_findings(df, name) -> list[str]:
     """One line per cell whose measurement was disturbed or imprecise, with its reasons (interference.py)."""
     if "verdict" not in df:
         return []
-    return [f"{name(r)}: **{r.verdict}**: {r.verdict_reasons}." for r in df.itertuples()
-            if r.status == "ok" and r.verdict not in (None, "ok") and r.verdict == r.verdict]
+    out = [f"{name(r)}: **{r.verdict}**: {r.verdict_reasons}." for r in df.itertuples()
+           if r.status == "ok" and r.verdict not in (None, "ok") and r.verdict == r.verdict]
+    return out + [f"{name(r)}: note: {r.verdict_notes}." for r in df.itertuples()
+                  if r.status == "ok" and isinstance(getattr(r, "verdict_notes", None), str)]
 
 
 def _fmt(v, digits=1):
@@ -246,6 +249,11 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _bars(half_widths):
+    """Error bar lengths for matplotlib: a figure without an interval gets none (0), not a missing point."""
+    return [0.0 if v is None or v != v else float(v) for v in half_widths]
+
+
 def plots(df, plots_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -258,11 +266,13 @@ def plots(df, plots_dir: Path) -> list[Path]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for engine, e in g.groupby("engine"):
             e = e.sort_values("batch_size")
-            a1.plot(e.batch_size, e.output_tokens_per_s, marker="o", label=engine)
-            a2.plot(e.output_tokens_per_s, e.e2e_s_p50, marker="o", label=engine)
+            bars = _bars(e.output_tokens_per_s_hw)      # the median's 95 % interval
+            a1.errorbar(e.batch_size, e.output_tokens_per_s, yerr=bars, marker="o", capsize=3, label=engine)
+            a2.errorbar(e.output_tokens_per_s, e.e2e_s_p50, xerr=bars, marker="o", capsize=3, label=engine)
             for r in e.itertuples():
                 a2.annotate(f"bs{r.batch_size}", (r.output_tokens_per_s, r.e2e_s_p50), fontsize=7)
-        a1.set(xlabel="batch size", ylabel="output tokens/s", title=f"{model} / {ps}: throughput")
+        a1.set(xlabel="batch size", ylabel="output tokens/s (bars: 95 % CI of the median)",
+               title=f"{model} / {ps}: throughput")
         a1.set_xscale("log", base=2)
         sizes = sorted(int(b) for b in g.batch_size.unique())
         a1.set_xticks(sizes, [str(b) for b in sizes])

@@ -270,4 +270,4 @@ def cell_verdict(result: dict, cpu: dict | None, headline: dict) -> dict:
     ci = (headline or {}).get("ci95")
     return interference.verdict(cpu, tel.get("gpu_busy_at_start"), tel.get("throttle_reasons"),
                                 ci["half_width_rel"] if ci else None, s["interference_cpu_cores"],
-                                s["noisy_half_width_rel"])
+                                s["noisy_half_width_rel"], (tel.get("sm_clock_mean_mhz"), tel.get("sm_clock_max_mhz")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference_optim_llm.report import _fmt, _hw, _pm, save_figure
+from inference_optim_llm.report import _bars, _fmt, _hw, _pm, save_figure
 
 
 def _q(metrics, key, q="median", scale=1.0):
@@ -41,6 +41,7 @@ def row(result: dict, path: Path) -> dict:
         "itl_null_reason": (m or {}).get("itl_null_reason"),
         "verdict": (result.get("verdict") or {}).get("status"),
         "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
+        "verdict_notes": "; ".join((result.get("verdict") or {}).get("notes") or []) or None,
         "repeated_prompts": load.get("repeated_prompts") or 0,
         "gpu_name": result["provenance"].get("gpu_name"), "file": str(path),
     }
@@ -91,7 +92,7 @@ def table(g) -> str:
 
 
 def plot(g, path: Path) -> Path:
-    """Latency against throughput over the sweep (TTFT and TPOT, p50 solid, p90 dashed), and goodput
+    """Latency against throughput over the sweep (TTFT and TPOT, p50 solid with error bars, p90 dashed), and goodput
     against load, one line per server."""
     import matplotlib
     matplotlib.use("Agg")
@@ -102,7 +103,9 @@ def plot(g, path: Path) -> Path:
     for server, by_load in g[g.status == "ok"].groupby("server"):
         s = by_load.sort_values("output_tokens_per_s")
         for ax, key in ((a1, "ttft"), (a2, "tpot")):
-            line, = ax.plot(s.output_tokens_per_s, s[f"{key}_ms_p50"], marker="o", label=f"{server} p50")
+            # p50 with its 95 % interval as error bars (none where a point has no interval)
+            line = ax.errorbar(s.output_tokens_per_s, s[f"{key}_ms_p50"], yerr=_bars(s[f"{key}_ms_hw"]),
+                               marker="o", capsize=3, label=f"{server} p50 ± 95 % CI").lines[0]
             ax.plot(s.output_tokens_per_s, s[f"{key}_ms_p90"], marker="x", ls="--", color=line.get_color(),
                     label=f"{server} p90")
             for r in s.itertuples():

@@ -117,6 +117,34 @@ def summarize_samples(samples: list[Sample], energy_counter_j: float | None,
     return rep
 
 
+def idle_power(seconds: float, interval_s: float = 0.05, device_index: int = 0) -> tuple[float | None, str | None]:
+    """The GPU's idle power: the lowest NVML power reading over `seconds`, taken before the warm-up (the model
+    loaded, nothing running). Lowest, not mean: NVML's power is an average over about the last second, so
+    readings just after work are still raised by it, and nothing but work raises them (measured on an H200,
+    2026-11-28: a window right after the warm-up read up to 340 W where the card idles near 125 W).
+    Returns (watts, None) or (None, why)."""
+    if seconds <= 0:
+        return None, "idle power was not measured (benchmark.idle_power_s 0)"
+    s = NvmlSampler(interval_s=interval_s, device_index=device_index)
+    s._open()
+    if s._handle is None:
+        return None, s._unavailable or "no GPU"
+    readings, why = [], None
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            p, why = s._read(s._nvml.nvmlDeviceGetPowerUsage)
+            if p is not None:
+                readings.append(p / 1000.0)
+            time.sleep(interval_s)
+    finally:
+        try:
+            s._nvml.nvmlShutdown()
+        except Exception:
+            pass
+    return (min(readings), None) if readings else (None, f"power could not be read ({why})")
+
+
 class NvmlSampler:
     """Usage: with NvmlSampler(interval_s=0.05) as s: ... ; report = s.report.
 
@@ -124,9 +152,9 @@ class NvmlSampler:
     """
 
     def __init__(self, interval_s: float = 0.05, device_index: int = 0, own_pids: frozenset[int] = frozenset(),
-                 idle_s: float = 0.0):
+                 idle: tuple[float | None, str | None] | None = None):
         self.interval_s = interval_s
-        self.idle_s = idle_s   # power sampled this long before the timed phase, nothing running: idle_power_w
+        self.idle = idle   # idle_power()'s (watts, reason), measured before the warm-up: idle_power_w
         self.own_pids = own_pids | {os.getpid()}   # not "other" processes: this one, the server it started
         self.device_index = device_index
         self.report: TelemetryReport | None = None
@@ -219,18 +247,10 @@ class NvmlSampler:
         if self._handle is None:
             return self
         self.busy_at_start = self.busy_state()
-        self._extra_reasons, self._idle_power = {}, None
-        if self.idle_s > 0:
-            idle = []
-            end = time.perf_counter() + self.idle_s
-            while time.perf_counter() < end:
-                p, why = self._read(self._nvml.nvmlDeviceGetPowerUsage)
-                if p is not None:
-                    idle.append(p / 1000.0)
-                time.sleep(self.interval_s)
-            self._idle_power = _mean(idle)
-            if not idle:
-                self._extra_reasons["idle_power_w"] = f"power could not be read ({why})"
+        self._extra_reasons = {}
+        self._idle_power, why = self.idle or (None, "idle power was not measured (benchmark.idle_power_s 0)")
+        if self._idle_power is None:
+            self._extra_reasons["idle_power_w"] = why
         mx, why = self._read(self._nvml.nvmlDeviceGetMaxClockInfo, self._nvml.NVML_CLOCK_SM)
         self._sm_max = float(mx) if mx is not None else None
         if mx is None:

@@ -53,7 +53,42 @@ def test_verdict_reasons_and_order():
     assert v["status"] == "throttled" and len(v["reasons"]) == 2 and "±30.0 %" in v["reasons"][1]
     assert verdict(None, {"busy": True, "other_processes": [{"pid": 7}]}, None, None, 0.5, 0.1)["status"] == "interfered"
     assert verdict(None, None, ["gpu_idle", "applications_clocks_setting"], 0.05, 0.5, 0.1) == {
-        "status": "ok", "reasons": [], "cpu": None, "throttle_reasons": ["gpu_idle", "applications_clocks_setting"]}
+        "status": "ok", "reasons": [], "notes": [], "cpu": None,
+        "throttle_reasons": ["gpu_idle", "applications_clocks_setting"]}
+
+
+def test_power_cap_counts_as_throttled_only_when_the_clock_fell():
+    """The H200's 8B cells at batch 16 (2026-11-28) set sw_power_cap with the SM clock at 99.8 % of its
+    maximum: a note. Below 99 %, or with the clock unknown, or with a thermal reason: throttled."""
+    held = verdict(None, None, ["sw_power_cap"], 0.01, 0.5, 0.1, (1975.8, 1980.0))
+    assert held["status"] == "ok" and held["reasons"] == []
+    assert "99.8 %" in held["notes"][0] and "not counted" in held["notes"][0]
+    fell = verdict(None, None, ["sw_power_cap"], 0.01, 0.5, 0.1, (1900.0, 1980.0))
+    assert fell["status"] == "throttled" and "96.0 %" in fell["reasons"][0] and fell["notes"] == []
+    assert verdict(None, None, ["sw_power_cap"], 0.01, 0.5, 0.1)["status"] == "throttled"
+    hot = verdict(None, None, ["sw_power_cap", "sw_thermal_slowdown"], 0.01, 0.5, 0.1, (1979.0, 1980.0))
+    assert hot["status"] == "throttled"
+
+
+class _FakeNvml:
+    """A fake NVML for a unit test of idle_power's pure logic: readings fall, as NVML's one-second power
+    average does after work ends."""
+    def __init__(self, readings):
+        self.readings = iter(readings)
+    def nvmlInit(self): pass
+    def nvmlShutdown(self): pass
+    def nvmlDeviceGetHandleByIndex(self, i): return "h"
+    def nvmlDeviceGetCount(self): return 1
+    def nvmlDeviceGetPowerUsage(self, h): return next(self.readings, 125_000)
+
+
+def test_idle_power_is_the_lowest_reading_of_its_window(monkeypatch):
+    import sys
+    from inference_optim_llm.telemetry import idle_power
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml([340_000, 250_000, 180_000, 130_000]))
+    watts, why = idle_power(0.3, interval_s=0.01)
+    assert watts == 125.0 and why is None
+    assert idle_power(0, 0.01) == (None, "idle power was not measured (benchmark.idle_power_s 0)")
 
 
 def test_throttle_reasons_seen_over_the_samples_and_idle_power():

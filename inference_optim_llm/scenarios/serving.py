@@ -24,7 +24,7 @@ from inference_optim_llm.client import Response, complete
 from inference_optim_llm.hostfacts import log
 from inference_optim_llm.interference import CpuWatch
 from inference_optim_llm.scenarios.static_batches import check_busy
-from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, unavailable
+from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, idle_power, unavailable
 
 LOAD_PATTERN = r"c[1-9][0-9]{0,4}|r(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?"
 
@@ -156,6 +156,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
         # trust_env=False: a cluster's HTTP(S)_PROXY must not route requests meant for this host's server
         async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits,
                                      trust_env=not url.startswith("http://127.0.0.1")) as client:
+            idle = idle_power(spec.idle_power_s, spec.telemetry_interval_s) if sample_gpu is None else None
             warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
                                  spec.warmup_requests, 0, spec.request_timeout_s)
             for r in warm:
@@ -164,7 +165,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
             sampler = None
             if sample_gpu is None:
                 sampler = NvmlSampler(interval_s=spec.telemetry_interval_s, own_pids=server_pids,
-                                      idle_s=spec.idle_power_s)
+                                      idle=idle)
                 sampler.__enter__()
             cpu = CpuWatch(lambda: server_pids).__enter__()
             try:

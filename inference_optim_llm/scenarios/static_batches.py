@@ -12,7 +12,7 @@ from inference_optim_llm.hostfacts import log
 from inference_optim_llm.interference import CpuWatch
 from inference_optim_llm.metrics import RequestTiming
 from inference_optim_llm.prompts import PromptSet, batches
-from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport
+from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, idle_power
 
 
 class GpuBusyError(ValueError):
@@ -79,6 +79,7 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
     telemetry sampler; every request's token count checked before anything else is done with it."""
     plan = batches(len(ps.token_ids), spec.batch_size)
     N = spec.max_new_tokens
+    idle = idle_power(spec.idle_power_s, spec.telemetry_interval_s)   # before any work: see idle_power()
     warmup_s = []
     for w in range(spec.warmup):
         idx = plan[w % len(plan)]
@@ -91,7 +92,7 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
     requests, batch_rows = [], []
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
-    with NvmlSampler(interval_s=spec.telemetry_interval_s, idle_s=spec.idle_power_s) as sampler, CpuWatch() as cpu:
+    with NvmlSampler(interval_s=spec.telemetry_interval_s, idle=idle) as sampler, CpuWatch() as cpu:
         check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
         t0 = time.perf_counter()
         rep = 0
