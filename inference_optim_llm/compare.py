@@ -80,7 +80,11 @@ def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
     else:
         lines += ["Same GPU model, driver, CUDA, torch, transformers, code (source hash) and configuration.", ""]
     lines += ["Change of each cell's headline median, B over A, with the 95 % interval of the ratio (both runs'",
-              "timed batches, or requests, resampled); **significant** where the interval excludes no change.", "",
+              "timed batches, or requests, resampled); **significant** where the interval excludes no change.",
+              "The interval knows only the spread within each run: two runs of the same code on the same card",
+              "also differ from run to run (an A/A pair on an H200, 2026-11-28: up to 2.5 % for `compiled` and",
+              "22 % for `baseline` at batch 1, docs/results/nvidia-h200.md), so read a small significant change",
+              "against an A/A pair of your own.", "",
               "| cell | figure | A | B | change | 95 % interval | significant | verdicts A / B |",
               "|---|---|---|---|---|---|---|---|"]
     better = worse = 0

@@ -1,0 +1,61 @@
+"""docs/results/<card>.md from a committed trust run (issue 13): its notes (notes.md: card, date, commands,
+what was seen), then a table of every cell of both runs (median ± the half-width of its 95 % interval,
+why the cell stopped, idle power, throttle reasons, verdict), the comparison of the two runs, and run A's
+report. Every figure is read from the result files under DIR/run-a and DIR/run-b.
+
+    python benchmarks/trust_page.py docs/results/nvidia-h200
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from inference_optim_llm.compare import compare
+from inference_optim_llm.report import aggregate, load_result
+
+
+def cell_rows(d: Path) -> list[str]:
+    rows = ["| run | cell | output tok/s | ± (95 %) | repetitions | timed s | stopped because | idle W | "
+            "power W | SM clock, share of max | throttle reasons | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in ("a", "b"):
+        for path in sorted((d / f"run-{run}" / "runs").rglob("*.json")):
+            r = load_result(path)
+            t, tel, stop = r["target"], r["telemetry"], r["stopping"]
+            m = r["metrics"]["output_tokens_per_s"]
+            hw = m["ci95"]["half_width_rel"]
+            clock = tel["sm_clock_mean_mhz"] / tel["sm_clock_max_mhz"]
+            rows.append(f"| {run.upper()} | {t['model']} / {t['engine']} / bs{t['batch_size']} | {m['median']:.1f} | "
+                        f"{100 * hw:.2f} % | {stop['repetitions']} | {stop['timed_s']:.1f} | {stop['reason']} | "
+                        f"{tel['idle_power_w']:.0f} | {tel['power_mean_w']:.0f} | {100 * clock:.2f} % | "
+                        f"{', '.join(tel['throttle_reasons']) or 'none'} | {r['verdict']['status']} |")
+    return rows
+
+
+def main(run_dir: str) -> None:
+    d = Path(run_dir)
+    page = d.parent / f"{d.name}.md"
+    parts = [(d / "notes.md").read_text(), "## Every cell of both runs\n", "\n".join(cell_rows(d)), ""]
+    md = compare(d / "run-a", d / "run-b")
+    (d / "compare.md").write_text(md)
+    parts += ["## Run B against run A (`python -m inference_optim_llm compare`)\n",
+              md.split("\n", 1)[1].strip(), ""]
+    for run in ("a", "b"):
+        files = sorted((d / f"run-{run}" / "runs").rglob("*.json"))
+        with tempfile.TemporaryDirectory(dir=d) as tmp:
+            out = Path(tmp) / "report.md"
+            aggregate(files, out_md=out, out_csv=d / f"run-{run}" / "summary.csv", plots_dir=d / f"run-{run}" / "plots",
+                      calibration=[d / "calibration.json"], title=f"Run {run.upper()}")
+            body = out.read_text().replace("](../", "](")
+        (d / f"run-{run}" / "benchmark_results.md").write_text(body)
+    body = (d / "run-a" / "benchmark_results.md").read_text().split("\n", 1)[1]
+    parts += ["## Run A's report (`aggregate`; run B's: "
+              f"[{d.name}/run-b/benchmark_results.md]({d.name}/run-b/benchmark_results.md))\n",
+              body.replace("](plots/", f"]({d.name}/run-a/plots/")]
+    page.write_text("\n".join(parts))
+    print(f"{page}: {sum(1 for _ in d.rglob('runs/*/*/*/*.json'))} result files")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
