@@ -47,7 +47,7 @@ def main(run_dir: str) -> None:
             out = Path(tmp) / "report.md"
             aggregate(files, out_md=out, out_csv=d / f"run-{run}" / "summary.csv", plots_dir=d / f"run-{run}" / "plots",
                       calibration=[d / "calibration.json"], title=f"Run {run.upper()}")
-            body = out.read_text().replace("](../", "](")
+            body = out.read_text().replace(f"](../run-{run}/", "](")   # plots/..., beside this report
         (d / f"run-{run}" / "benchmark_results.md").write_text(body)
     body = (d / "run-a" / "benchmark_results.md").read_text().split("\n", 1)[1]
     parts += ["## Run A's report (`aggregate`; run B's: "

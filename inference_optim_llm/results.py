@@ -152,7 +152,9 @@ def serving_base(spec, device: str, dtype: str, entry) -> dict:
         "reason": None,
         "target": {"model": spec.model, "server": spec.server, "prompt_set": spec.prompt_set, "load": spec.load},
         "settings": {"max_new_tokens": spec.max_new_tokens, "requests": spec.requests,
-                     "min_duration_s": spec.min_duration_s, "warmup_requests": spec.warmup_requests,
+                     "min_duration_s": spec.min_duration_s, "ci_target_rel": spec.ci_target_rel,
+                     "max_requests": spec.max_requests, "max_duration_s": spec.max_duration_s,
+                     "warmup_requests": spec.warmup_requests,
                      "burstiness": spec.burstiness, "request_timeout_s": spec.request_timeout_s, "slo": spec.slo,
                      "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s, **{k: getattr(spec, k) for k in INTERFERENCE_KEYS}},
@@ -232,6 +234,7 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
                         "requests_per_s": good / duration},
         },
         "warmup_requests_sent": len(m.warmup),
+        "stopping": m.stopping,
         "telemetry": tel,
         "requests": requests,
     })

@@ -122,6 +122,9 @@ class ServeSpec(_FromJson):
     max_new_tokens: int
     requests: int = 16
     min_duration_s: float = 0
+    ci_target_rel: float = 0          # the stopping rule (scenarios/serving.py: stopping)
+    max_requests: int = 100000
+    max_duration_s: float = 600
     warmup_requests: int = 2
     burstiness: float = 1.0
     request_timeout_s: float = 600
@@ -153,6 +156,7 @@ class ServeSpec(_FromJson):
         Load.parse(self.load)
         for key in ("max_new_tokens", "seed", "telemetry_interval_s", "dtype", *INTERFERENCE_KEYS):
             bounds.check(f"benchmark.{key}", getattr(self, key), key)
-        for key in ("requests", "min_duration_s", "warmup_requests", "burstiness", "request_timeout_s", "slo"):
+        for key in ("requests", "min_duration_s", "ci_target_rel", "max_requests", "max_duration_s", "warmup_requests",
+                    "burstiness", "request_timeout_s", "slo"):
             bounds.check(f"serving.{key}", getattr(self, key), key)
         check_device(self.device)

@@ -422,3 +422,60 @@ def test_the_report_links_plots_kept_outside_its_directory(tmp_path):
     aggregate(sorted((d / "serving").rglob("*.json")), out_md=tmp_path / "a" / "r.md", out_csv=tmp_path / "a" / "s.csv",
               plots_dir=tmp_path / "b" / "plots")
     assert "](../b/plots/serving__llama-1b__tok64.png)" in (tmp_path / "a" / "r.md").read_text()
+
+
+# -- the stopping rule ------------------------------------------------------------------------------------
+
+def test_serving_stopping_rule_on_known_distributions():
+    """Pure logic: the minimum first, then the interval target, then the caps; off (0) stops at the minimum."""
+    import numpy as np
+    from types import SimpleNamespace
+    from inference_optim_llm.scenarios.serving import stopping
+
+    def spec(**kw):
+        return SimpleNamespace(**{"min_duration_s": 0, "ci_target_rel": 0.02, "max_requests": 1000,
+                                  "max_duration_s": 60, **kw})
+
+    steady = list(np.random.default_rng(0).normal(0.010, 0.0001, 50))
+    wide = list(np.random.default_rng(1).normal(0.010, 0.004, 50))
+    assert stopping(7, 1.0, steady, spec(), minimum=8) is None                      # under the minimum
+    assert stopping(8, 1.0, steady, spec(min_duration_s=5), minimum=8) is None      # under min_duration_s
+    met = stopping(50, 1.0, steady, spec(), minimum=8)
+    assert met["reason"] == "target met" and met["half_width_rel"] <= 0.02
+    assert stopping(50, 1.0, wide, spec(), minimum=8) is None                       # too wide: go on
+    assert stopping(1000, 1.0, wide, spec(), minimum=8)["reason"] == "request cap (max_requests)"
+    assert stopping(50, 61.0, wide, spec(), minimum=8)["reason"] == "time cap (max_duration_s)"
+    off = stopping(8, 0.5, wide, spec(ci_target_rel=0), minimum=8)
+    assert off["reason"] == "requests done" and off["half_width_rel"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load", ["c2", "r40"])
+def test_a_load_point_runs_on_until_its_interval_target_or_cap(tmp_path, load):
+    """Against the stub server (named so: it streams N events 2 ms apart, no model): a loose target stops at
+    the minimum of requests; an unreachable one runs to max_requests; both record why."""
+    from inference_optim_llm.report import load_result
+
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(STUB), str(port), "echo"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        got = {}
+        for name, target, cap in (("loose", 0.5, 1000), ("tight", 1e-9, 9)):
+            spec = _serving_spec(tmp_path, "unused --port {port}", load=load, requests=4)
+            spec.update(ci_target_rel=target, max_requests=cap, max_duration_s=60)
+            spec["server_entry"] = {"base_url": f"http://127.0.0.1:{port}", "request_model": "m"}
+            out = tmp_path / f"{name}.json"
+            proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "run-serving", "--spec",
+                                   json.dumps(spec), "--output", str(out), "--server-log", str(tmp_path / "s.log")],
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            got[name] = load_result(out)
+    finally:
+        stub.terminate()
+        stub.wait()
+    loose, tight = got["loose"], got["tight"]
+    assert loose["stopping"]["reason"] == "target met" and loose["metrics"]["requests"] == 4
+    assert tight["stopping"]["reason"] == "request cap (max_requests)"
+    assert tight["metrics"]["requests"] >= 9 and tight["stopping"]["half_width_rel"] > 1e-9
+    assert tight["settings"]["ci_target_rel"] == 1e-9

@@ -6,8 +6,11 @@
 
 until at least max(`requests`, N) requests were measured and `min_duration_s` has passed (closed loop: every
 user sends at least one, so the point runs at its concurrency), or
-max(requests, X * min_duration_s) requests were sent (open loop). Every request's token count is
-checked against the server's usage field and the streamed events; a failed request fails the point.
+max(requests, X * min_duration_s) requests were sent (open loop). With `ci_target_rel` set, requests go on
+until the median TPOT of the finished requests is known within it (95 % bootstrap interval), or
+`max_requests` were sent, or `max_duration_s` has passed (stopping(); the reason is recorded). Every
+request's token count is checked against the server's usage field and the streamed events; a failed
+request fails the point.
 """
 from __future__ import annotations
 
@@ -72,6 +75,84 @@ class ServingMeasurement:
     send_lag_max_s: float | None   # open loop: how late the client sent a request against its schedule
     telemetry: TelemetryReport
     cpu: dict | None = None        # interference.CpuWatch over the measured phase (the server's processes are ours)
+    stopping: dict | None = None   # why the measured phase ended (stopping())
+
+
+def stopping(sent: int, elapsed_s: float, values: list[float], spec, minimum: int) -> dict | None:
+    """Before each request beyond the first `minimum`: None to send it, else why the load point stops (pure
+    logic). At least `minimum` requests sent and min_duration_s passed; then, with ci_target_rel set, more
+    while the median's 95 % interval over `values` (the finished requests' TPOT) is wider than it, up to
+    max_requests sent and max_duration_s."""
+    from inference_optim_llm.stats import median_ci
+
+    if sent < minimum or elapsed_s < spec.min_duration_s:
+        return None
+    state = {"requests_sent": sent, "measured_s": elapsed_s, "half_width_rel": None,
+             "target": spec.ci_target_rel or None}
+    if spec.ci_target_rel <= 0:
+        return {"reason": "requests done", **state}
+    ci = median_ci(values) if len(values) >= 2 else None
+    state["half_width_rel"] = ci["half_width_rel"] if ci else None
+    if ci and ci["half_width_rel"] <= spec.ci_target_rel:
+        return {"reason": "target met", **state}
+    if sent >= spec.max_requests:
+        return {"reason": "request cap (max_requests)", **state}
+    if elapsed_s >= spec.max_duration_s:
+        return {"reason": "time cap (max_duration_s)", **state}
+    return None
+
+
+class _Count:
+    """The warm-up's stopper: a fixed number of requests."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def stop(self, sent: int, done) -> bool:
+        return sent >= self.n
+
+
+class _Stopper:
+    """stopping() over the responses so far, asked by every user (closed loop) or scheduled send (open loop).
+    The bootstrap runs again only once the finished requests have grown by 5 % (at least one) since it last
+    ran; a decision to stop holds."""
+
+    def __init__(self, spec, n_tokens: int, minimum: int):
+        self.spec, self.n, self.minimum = spec, n_tokens, minimum
+        self.t0 = time.perf_counter()
+        self.decision: dict | None = None
+        self._next = 0   # finished requests at which the bootstrap runs again
+
+    def value(self, r: Response) -> float | None:
+        t = r.token_times_s
+        if r.error or not t:
+            return None
+        return (t[-1] - t[0]) / (self.n - 1) if self.n > 1 and len(t) > 1 else t[-1]   # TPOT, else E2E
+
+    def stop(self, sent: int, done: list[Response]) -> bool:
+        if self.decision is None:
+            cheap = sent < self.minimum or self.spec.ci_target_rel <= 0
+            if cheap or len(done) >= self._next:
+                values = []
+                if not cheap:
+                    values = [v for v in map(self.value, done) if v is not None]
+                    self._next = len(done) + max(1, len(done) // 20)
+                self.decision = stopping(sent, time.perf_counter() - self.t0, values, self.spec, self.minimum)
+        return self.decision is not None
+
+    def finish(self, sent: int, done: list[Response]) -> dict:
+        """The record, once the open loop's whole schedule went out (its length is the minimum, or the caps)."""
+        if self.decision is None:
+            from inference_optim_llm.stats import median_ci
+            values = [v for v in map(self.value, done) if v is not None]
+            ci = median_ci(values) if self.spec.ci_target_rel > 0 and len(values) >= 2 else None
+            met = ci is not None and ci["half_width_rel"] <= self.spec.ci_target_rel
+            reason = ("requests done" if self.spec.ci_target_rel <= 0 else "target met" if met else
+                      "request cap (max_requests)" if sent >= self.spec.max_requests else "time cap (max_duration_s)")
+            self.decision = {"reason": reason, "requests_sent": sent, "measured_s": time.perf_counter() - self.t0,
+                             "half_width_rel": ci["half_width_rel"] if ci else None,
+                             "target": self.spec.ci_target_rel or None}
+        return self.decision
 
 
 def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_unit: str = "token") -> None:
@@ -98,21 +179,22 @@ def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_u
 
 
 NOT_SENT = "not sent: an earlier request of the point failed"
+NOT_NEEDED = "not sent: the stopping rule had ended the point"
 
 
-async def _closed(client, url, body, n_prompts, users, requests, min_duration_s, timeout_s, first_index=0):
+async def _closed(client, url, body, n_prompts, users, stopper: _Stopper, timeout_s, first_index=0):
     """Prompt k % n_prompts for the k-th request (k from first_index: the measured requests do not reuse
-    the warm-up's prompts unless the set is smaller than both together). Every user stops at the first
-    failed request: a dead server fails the point at once, instead of being asked again and again."""
+    the warm-up's prompts unless the set is smaller than both together), until the stopper says enough.
+    Every user stops at the first failed request: a dead server fails the point at once, instead of being
+    asked again and again."""
     done: list[Response] = []
     failed: list[Response] = []
     counter = itertools.count(first_index)
-    t0 = time.perf_counter()
 
     async def user():
         while not failed:
             k = next(counter)
-            if k - first_index >= requests and time.perf_counter() - t0 >= min_duration_s:
+            if stopper.stop(k - first_index, done):
                 return
             r = await complete(client, url, body(k % n_prompts), k % n_prompts, timeout_s)
             done.append(r)
@@ -123,22 +205,30 @@ async def _closed(client, url, body, n_prompts, users, requests, min_duration_s,
     return sorted(done, key=lambda r: r.sent_s)
 
 
-async def _open(client, url, body, n_prompts, times, timeout_s, first_index=0):
+async def _open(client, url, body, n_prompts, times, stopper: _Stopper, timeout_s, first_index=0):
+    """One request at each of `times` (seconds from the start); those beyond the stopper's minimum are sent
+    only while it has not said enough."""
     t0 = time.perf_counter()
-    lags, failed = [], []
+    lags, failed, done = [], [], []
 
     async def one(k, at):
         await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
         i = (first_index + k) % n_prompts
         if failed:
             return Response(i, time.perf_counter(), error=NOT_SENT)
+        if stopper.stop(k, done):
+            return Response(i, time.perf_counter(), error=NOT_NEEDED)
         lags.append(time.perf_counter() - (t0 + at))
         r = await complete(client, url, body(i), i, timeout_s)
+        done.append(r)
         if r.error:
             failed.append(r)
         return r
 
-    return await asyncio.gather(*(one(k, at) for k, at in enumerate(times))), max(lags)
+    sent = await asyncio.gather(*(one(k, at) for k, at in enumerate(times)))
+    if not failed:
+        stopper.finish(len(times), done)
+    return [r for r in sent if r.error != NOT_NEEDED], max(lags)
 
 
 def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_gpu: str | None,
@@ -158,7 +248,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
                                      trust_env=not url.startswith("http://127.0.0.1")) as client:
             idle = idle_power(spec.idle_power_s, spec.telemetry_interval_s) if sample_gpu is None else None
             warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
-                                 spec.warmup_requests, 0, spec.request_timeout_s)
+                                 _Count(spec.warmup_requests), spec.request_timeout_s)
             for r in warm:
                 check_response(r, N, prompt_tokens[r.prompt_index], "warm-up", spec.stream_unit)
             log(f"warm-up: {len(warm)} requests")
@@ -172,22 +262,25 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
                 if sampler:
                     check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
                 if load.concurrency:
-                    measured = await _closed(client, url, body, n_prompts, load.concurrency,
-                                             max(spec.requests, load.concurrency), spec.min_duration_s,
+                    stopper = _Stopper(spec, N, max(spec.requests, load.concurrency))
+                    measured = await _closed(client, url, body, n_prompts, load.concurrency, stopper,
                                              spec.request_timeout_s, first_index=spec.warmup_requests)
                     lag = None
                 else:
                     n = max(spec.requests, math.ceil(load.rate * spec.min_duration_s))
+                    stopper = _Stopper(spec, N, n)
+                    if spec.ci_target_rel > 0:   # the schedule runs on to the caps; the stopper ends it sooner
+                        n = max(n, min(spec.max_requests, math.ceil(load.rate * spec.max_duration_s)))
                     times = arrival_times(n, load.rate, spec.burstiness, spec.seed)
-                    measured, lag = await _open(client, url, body, n_prompts, times, spec.request_timeout_s,
-                                                first_index=spec.warmup_requests)
+                    measured, lag = await _open(client, url, body, n_prompts, times, stopper,
+                                                spec.request_timeout_s, first_index=spec.warmup_requests)
             finally:
                 cpu.__exit__(None, None, None)
                 if sampler:
                     sampler.__exit__(None, None, None)
-            return warm, list(measured), lag, sampler, cpu.result
+            return warm, list(measured), lag, sampler, cpu.result, stopper.decision
 
-    warm, measured, lag, sampler, cpu = asyncio.run(run())
+    warm, measured, lag, sampler, cpu, stop = asyncio.run(run())
     failed = [r for r in measured if r.error and r.error != NOT_SENT]
     for r in failed[:1] + measured:
         check_response(r, N, prompt_tokens[r.prompt_index], f"load {load.name}", spec.stream_unit)
@@ -196,4 +289,6 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
     tel = sampler.report if sampler else unavailable(sample_gpu)
     log(f"load {load.name}: {len(measured)} requests in {end - start:.2f} s, "
         f"{len(measured) * N / (end - start):.1f} output tokens/s")
-    return ServingMeasurement(load, N, warm, measured, end - start, lag, tel, cpu)
+    if stop:
+        log(f"load {load.name}: stopped: {stop['reason']}")
+    return ServingMeasurement(load, N, warm, measured, end - start, lag, tel, cpu, stop)
