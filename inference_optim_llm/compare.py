@@ -25,7 +25,7 @@ class CompareError(ValueError):
 
 
 def load_run(root: Path) -> dict[tuple, dict]:
-    """Every result file under root, by cell: ('static', model, engine, prompt set, batch) or
+    """Every result file under root, by cell: ('static', model, engine, prompt set, batch, gpus) or
     ('serving', model, server, prompt set, load). Files that are not results are skipped."""
     cells = {}
     for path in sorted(Path(root).rglob("*.json")):
@@ -37,11 +37,17 @@ def load_run(root: Path) -> dict[tuple, dict]:
         if r.get("scenario") == "serving":
             key = ("serving", t["model"], t["server"], t["prompt_set"], t["load"])
         else:
-            key = ("static", t["model"], t["engine"], t["prompt_set"], t["batch_size"])
+            key = ("static", t["model"], t["engine"], t["prompt_set"], t["batch_size"], t.get("gpus", 1))
         cells[key] = r
     if not cells:
         raise CompareError(f"{root}: no result files found")
     return cells
+
+
+def _name(key: tuple) -> str:
+    """model / engine / prompt set / batch (/ tpN above one GPU), or model / server / prompt set / load."""
+    parts = [str(k) for k in key[1:5]] + ([f"tp{key[5]}"] if len(key) > 5 and key[5] > 1 else [])
+    return " / ".join(parts)
 
 
 def headline(result: dict) -> tuple[str, list[float], bool]:
@@ -90,7 +96,7 @@ def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
     better = worse = 0
     for key in common:
         ra, rb = a[key], b[key]
-        name = " / ".join(str(k) for k in key[1:])
+        name = _name(key)
         if ra["status"] != "ok" or rb["status"] != "ok":
             lines.append(f"| {name} | | {ra['status']} | {rb['status']} | | | | |")
             continue
@@ -112,5 +118,5 @@ def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
     only = sorted(set(a) ^ set(b), key=str)
     lines += ["", f"{len(common)} cells in common: {better} significantly better in B, {worse} significantly worse."]
     if only:
-        lines += [f"In one run only: {', '.join(' / '.join(map(str, k[1:])) for k in only)}."]
+        lines += [f"In one run only: {', '.join(_name(k) for k in only)}."]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,13 @@ SYNTHETIC_PRESETS: dict[str, dict] = {
     "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
                          tie_word_embeddings=False, max_position_embeddings=131072, rope_theta=500000.0),
+    "llama-2-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
+                        # vocab: the embedded tokenizer's 49152 (Llama 2 has 32000, whose ids would be too few)
+                        num_key_value_heads=40, intermediate_size=13824, vocab_size=49152,
+                        tie_word_embeddings=False, max_position_embeddings=4096, rope_theta=10000.0),
+    "llama-3.1-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                          num_key_value_heads=8, intermediate_size=28672, vocab_size=128256,
+                          tie_word_embeddings=False, max_position_embeddings=131072, rope_theta=500000.0),
     # A few MB, for tests of the synthetic path on a CPU.
     "llama-tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, intermediate_size=128, vocab_size=49152,
@@ -101,7 +108,7 @@ def check_prompt_lengths(config: dict, cells: list[tuple], local_roots: list[Pat
         if total > MAX_RANDOM_PROMPT_TOKENS:
             raise ValueError(f"config prompt_sets.{name}: tokens x count = {total} "
                              f"exceeds {MAX_RANDOM_PROMPT_TOKENS} tokens")
-    for model, _, prompt_set, _ in cells:
+    for model, _, prompt_set, *_ in cells:
         spec = config["prompt_sets"][prompt_set]
         if "tokens" not in spec:
             continue

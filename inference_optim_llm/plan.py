@@ -21,8 +21,17 @@ from inference_optim_llm.spec import INTERFERENCE_KEYS, TRUST_KEYS, BenchSpec, S
 CALIBRATION = "results/calibration/bandwidth.json"
 
 
-def result_path(model, engine, prompt_set, batch) -> str:
-    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json"
+def tp_suffix(gpus) -> str:
+    """The tensor-parallel degree in a result's file name: none for 1 (bs4.json), -tpN above (bs4-tp2.json)."""
+    return f"-tp{gpus}" if int(gpus) > 1 else ""
+
+
+def gpus_of(suffix: str) -> int:
+    return int(suffix[3:]) if suffix else 1
+
+
+def result_path(model, engine, prompt_set, batch, gpus=1) -> str:
+    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp_suffix(gpus)}.json"
 
 
 def reference_path(model, prompt_set) -> str:
@@ -57,12 +66,13 @@ class Plan:
 
     @cache  # noqa: B019 (one Plan per workflow)
     def cells(self) -> list[tuple]:
-        """Every (model, engine, prompt_set, batch_size) of the matrix, once, in config order; only the
+        """Every (model, engine, prompt_set, batch_size, gpus) of the matrix, once, in config order; only the
         engines that the optional `engines` key names."""
         only = self.config.get("engines")
         seen = {}
         for block in self.config["matrix"]:
-            for cell in product(block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"]):
+            for cell in product(block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"],
+                                block.get("gpus", [1])):
                 if only is None or cell[1] in only:
                     seen.setdefault(cell, None)
         return list(seen)
@@ -86,7 +96,7 @@ class Plan:
         """One engine's cells; an engine absent from the (selected) matrix gets the matrix's cells, so that
         `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
         mine = [c for c in self.cells() if c[1] == engine]
-        return mine or sorted({(m, engine, p, b) for m, _, p, b in self.cells()})
+        return mine or sorted({(m, engine, p, b, g) for m, _, p, b, g in self.cells()})
 
     def engine_result_paths(self, engine) -> list[str]:
         return [result_path(*c) for c in self.engine_cells(engine)]
@@ -112,12 +122,12 @@ class Plan:
     def engine_options(self, engine) -> dict:
         return runtime_options(engine, self.config["engine_options"].get(engine, {}))
 
-    def bench_spec(self, model, engine, prompt_set, batch_size, *, reference=True) -> dict:
+    def bench_spec(self, model, engine, prompt_set, batch_size, gpus=1, *, reference=True) -> dict:
         """The spec of a benchmark target (reference=False: of the reference-tokens target)."""
         b = self.bench
         spec = BenchSpec(
             model=model, model_dir=model_path(model), engine=engine, prompt_set=prompt_set,
-            prompt_spec=self.config["prompt_sets"][prompt_set], batch_size=int(batch_size),
+            prompt_spec=self.config["prompt_sets"][prompt_set], batch_size=int(batch_size), gpus=int(gpus),
             max_new_tokens=b["max_new_tokens"], repetitions=b["repetitions"], warmup=b["warmup"], seed=b["seed"],
             device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"],
             strict=b["strict"], refuse_busy_gpu=b["refuse_busy_gpu"], engine_options=self.engine_options(engine),
@@ -233,10 +243,10 @@ class Plan:
         try:  # existing intermediates: a corrupt one stops the run here, before any result is deleted
             check_existing(
                 [CALIBRATION] if self.bench["calibrate"] else [],
-                sorted({reference_path(m, p) for m, _, p, _ in cells}) if self.bench["token_agreement"] else [],
+                sorted({reference_path(m, p) for m, _, p, *_ in cells}) if self.bench["token_agreement"] else [],
                 [model_path(m) for m in sorted({c[0] for c in cells + self.serving_cells()})]
                 + sorted({self.serving_model_input(m, srv) for m, srv, _, _ in self.serving_cells()}),
-                sorted({artifact_path(m, e) for m, e, _, _ in cells if e in built_engines()}),
+                sorted({artifact_path(m, e) for m, e, *_ in cells if e in built_engines()}),
                 self.all_results() + self.serving_results(),
             )
         except IntermediateError as e:

@@ -72,6 +72,7 @@ def row(result: dict, path: Path) -> dict:
     e2e = (m or {}).get("e2e_s") or {}
     return {
         "model": t["model"], "engine": t["engine"], "prompt_set": t["prompt_set"], "batch_size": t["batch_size"],
+        "gpus": t.get("gpus", 1),
         "status": result["status"], "reason": result["reason"],
         "device": result["settings"]["device"], "dtype": result["settings"]["dtype"],
         "max_new_tokens": result["settings"]["max_new_tokens"],
@@ -115,19 +116,19 @@ def build_frame(results: list[tuple[Path, dict]]):
     df = pd.DataFrame([row(r, p) for p, r in results])
     if df.empty:
         return df
-    df = df.sort_values(["model", "prompt_set", "engine", "batch_size"]).reset_index(drop=True)
-    base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
-        ["model", "prompt_set", "batch_size"])["output_tokens_per_s"]
-    base_batches = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(
-        ["model", "prompt_set", "batch_size"])["batch_tps"]
+    df = df.sort_values(["model", "prompt_set", "engine", "gpus", "batch_size"]).reset_index(drop=True)
+    # Speedup: over baseline at the same batch size and number of GPUs.
+    key = ["model", "prompt_set", "batch_size", "gpus"]
+    base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(key)["output_tokens_per_s"]
+    base_batches = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(key)["batch_tps"]
     # No speedup where no decode step ran (max_new_tokens 1): the figure would compare prefills only.
     df["speedup_vs_baseline"] = [
-        (r.output_tokens_per_s / base[(r.model, r.prompt_set, r.batch_size)])
-        if r.status == "ok" and r.decode_steps > 0 and (r.model, r.prompt_set, r.batch_size) in base.index
+        (r.output_tokens_per_s / base[(r.model, r.prompt_set, r.batch_size, r.gpus)])
+        if r.status == "ok" and r.decode_steps > 0 and (r.model, r.prompt_set, r.batch_size, r.gpus) in base.index
         else None
         for r in df.itertuples()]
     # Its 95 % interval: both cells' timed batches resampled (stats.ratio_ci); None with fewer than two each.
-    cis = [ratio_ci(r.batch_tps, base_batches[(r.model, r.prompt_set, r.batch_size)])
+    cis = [ratio_ci(r.batch_tps, base_batches[(r.model, r.prompt_set, r.batch_size, r.gpus)])
            if r.speedup_vs_baseline is not None and r.speedup_vs_baseline == r.speedup_vs_baseline else None
            for r in df.itertuples()]
     df["speedup_hw"] = [(ci["high"] - ci["low"]) / 2 if ci else None for ci in cis]
@@ -218,9 +219,9 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.status.upper()] + [""] * 14)
+            rows.append([r.engine, r.batch_size, r.gpus, r.status.upper()] + [""] * 14)
             continue
-        rows.append([r.engine, r.batch_size, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
+        rows.append([r.engine, r.batch_size, r.gpus, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
                      _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
                      _fmt(r.e2e_s_p90, 3), _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0),
                      _fmt(r.power_mean_w), _fmt(r.energy_per_token_j, 4),
@@ -228,7 +229,7 @@ def cell_table(g) -> str:
                      _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
                      _percent(r.bandwidth_fraction), _percent(r.datasheet_fraction),
                      r.verdict if isinstance(r.verdict, str) else "n/a"])
-    headers = ["engine", "batch", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
+    headers = ["engine", "batch", "gpus", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
                "first split", "of bandwidth", "of datasheet", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -25,7 +25,7 @@ def base(spec, device: str, dtype: str) -> dict:
         "status": "ok",
         "reason": None,
         "target": {"model": spec.model, "engine": spec.engine, "prompt_set": spec.prompt_set,
-                   "batch_size": spec.batch_size},
+                   "batch_size": spec.batch_size, "gpus": spec.gpus},
         "settings": {"max_new_tokens": spec.max_new_tokens, "repetitions": spec.repetitions,
                      "warmup": spec.warmup, "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s,

@@ -38,6 +38,7 @@ class BenchSpec(_FromJson):
     prompt_spec: dict                 # {"file": path} or {"tokens": N, "count": C}
     batch_size: int
     max_new_tokens: int
+    gpus: int = 1                     # tensor-parallel degree (tp.py)
     repetitions: int = 3
     warmup: int = 1
     seed: int = 0
@@ -92,7 +93,7 @@ def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int
         max_input_len=max_input_len, max_new_tokens=spec.max_new_tokens, seed=spec.seed,
         record_token_times=spec.record_token_times if record_token_times is None else record_token_times,
         options=spec.engine_options, artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
-        trust_remote_code=spec.trust_remote_code)
+        trust_remote_code=spec.trust_remote_code, gpus=spec.gpus)
 
 
 def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max_new_tokens: int, device: str,

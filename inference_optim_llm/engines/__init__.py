@@ -10,6 +10,8 @@ An entry says, for one engine:
              part of the build's between-workflow cache key
   build_only_options   option keys used by the build only, not passed to the benchmark jobs
   result_fields        JSON-schema properties of the engine's own result fields (Engine.result_fields())
+  tensor_parallel      true if the engine runs with `gpus` above 1 (EngineSettings.gpus); others record
+                       such cells unavailable
 
 An engine's name (its key) is also its Snakemake target (`snakemake trtllm_torch`): lower case, digits, `_`.
 
@@ -42,6 +44,7 @@ ENGINES: dict[str, dict] = {
         "build": "inference_optim_llm.build:build_compiled",
         "build_key": "inference_optim_llm.build:compiled_build_key",
         "result_fields": {"compile_cache_loaded": {"type": "boolean"}},
+        "tensor_parallel": True,
     },
     "trtllm": {
         "cls": "inference_optim_llm.engines.trtllm:TrtllmEngine",
@@ -60,7 +63,7 @@ ENGINES: dict[str, dict] = {
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 RESERVED = {"all", "serving"}   # workflow targets of their own
-ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields"}
+ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields", "tensor_parallel"}
 
 
 def _register_plugins() -> None:
@@ -92,6 +95,14 @@ def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r} (available: {', '.join(ENGINES)})")
     return _load(ENGINES[name]["cls"])
+
+
+def check_gpus(name: str, gpus: int) -> None:
+    """EngineUnavailable for gpus above 1 on an engine without tensor parallelism."""
+    if gpus > 1 and not ENGINES[name].get("tensor_parallel"):
+        with_tp = ", ".join(n for n, e in ENGINES.items() if e.get("tensor_parallel"))
+        raise EngineUnavailable(f"engine {name!r} has no tensor-parallel support here (gpus {gpus}); "
+                                f"engines with it: {with_tp}")
 
 
 def built_engines() -> list[str]:
@@ -135,4 +146,4 @@ def check_options(name: str, options: dict, where: str = "engine_options") -> di
 
 
 __all__ = ["ENGINES", "BatchOutput", "Engine", "EngineSettings", "EngineUnavailable", "build_function",
-           "build_key", "built_engines", "check_options", "engine_class", "runtime_options"]
+           "build_key", "built_engines", "check_gpus", "check_options", "engine_class", "runtime_options"]

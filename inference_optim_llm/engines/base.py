@@ -29,6 +29,7 @@ class EngineSettings:
     artifact_dir: Path | None = None  # output of build_engine (compile cache, TensorRT engine)
     trust_remote_code: bool = False   # from the config of this run (models.<name>.trust_remote_code)
     options: dict[str, Any] = field(default_factory=dict)  # engine-specific, from config engine_options
+    gpus: int = 1                     # tensor-parallel degree: processes, one GPU each on CUDA (tp.py)
 
 
 @dataclass

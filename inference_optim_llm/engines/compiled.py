@@ -8,6 +8,8 @@
   the batch ends, so there is no host sync per token.
 - On the CPU the same step is compiled without graphs (what CI runs).
 - Prefill runs the same forward eagerly (one pass over the padded prompts).
+- With `gpus` N > 1 the layers are split over N processes (tensor parallel, tp.py): this process is rank 0
+  and drives the benchmark; the workers follow it, batch by batch.
 
 Supports llama-architecture models (LlamaForCausalLM: SmolLM2, Llama 2/3, the synthetic presets);
 other architectures are recorded as unavailable for this engine, never run through another path.
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from inference_optim_llm import tp
 from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.baseline import pad_left
 from inference_optim_llm.engines.timing import TokenClock
@@ -38,12 +41,14 @@ def cache_len(max_input_len: int, max_new_tokens: int) -> int:
 class FusedLlama(torch.nn.Module):
     """Llama forward over a transformers model's weights, with a static KV cache."""
 
-    def __init__(self, hf_model, batch_size: int, max_len: int):
+    def __init__(self, hf_model, batch_size: int, max_len: int, rank: int = 0, world: int = 1):
         super().__init__()
         cfg = hf_model.config
         m = hf_model.model
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
+        self.world = world
+        tp.check_divisible(cfg, world)
+        self.n_heads = cfg.num_attention_heads // world      # this rank's heads (all of them with one rank)
+        self.n_kv = cfg.num_key_value_heads // world
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self.embed = m.embed_tokens.weight
@@ -54,17 +59,19 @@ class FusedLlama(torch.nn.Module):
         self.layers = []
         for layer in m.layers:
             a, mlp = layer.self_attn, layer.mlp
-            self.layers.append(dict(
+            self.layers.append(tp.shard_layer(dict(
                 norm1=layer.input_layernorm.weight,
                 wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
                 wo=a.o_proj.weight,
                 norm2=layer.post_attention_layernorm.weight,
                 wgu=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
                 wd=mlp.down_proj.weight,
-            ))
-            for name in ("q_proj", "k_proj", "v_proj"):   # keep one copy of the weights
+            ), cfg.num_attention_heads, cfg.num_key_value_heads, self.head_dim, rank, world))
+            for name in ("q_proj", "k_proj", "v_proj"):   # keep one copy of the weights (this rank's share)
                 setattr(a, name, None)
             mlp.gate_proj = mlp.up_proj = None
+            if world > 1:
+                a.o_proj = mlp.down_proj = None
         shape = (batch_size, self.n_kv, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
@@ -109,10 +116,10 @@ class FusedLlama(torch.nn.Module):
             q = q.reshape(B, self.n_kv, group * T, hd)
             o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
             o = o.view(B, self.n_heads, T, hd)
-            x = x + F.linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"])
+            x = x + tp.all_reduce(F.linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"]), self.world)
             h = self.rms(x, w["norm2"])
             g, u = F.linear(h, w["wgu"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, w["wd"])
+            x = x + tp.all_reduce(F.linear(F.silu(g) * u, w["wd"]), self.world)
         x = self.rms(x[:, -1], self.final_norm)
         return F.linear(x, self.lm_head).argmax(dim=-1)
 
@@ -133,12 +140,35 @@ class CompiledEngine(TorchEngine):
         """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
         return {"compile_cache_loaded": self.cache_loaded} if self.settings.max_new_tokens > 1 else {}
 
+    rank = 0
+    workers: "tp.Workers | None" = None
+
     def load(self) -> None:
         s = self.settings
         cfg_type = _model_type(s.model_dir)
         if cfg_type not in SUPPORTED:
             raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
                                     f"{s.model_dir} is {cfg_type!r}")
+        if s.gpus > 1 and self.rank == 0:
+            self._start_workers()
+        self._load_shard()
+
+    def _start_workers(self) -> None:
+        """Rank 0: check the split, start ranks 1..N-1 (they load their shard and wait), join the group."""
+        from transformers import AutoConfig
+
+        s = self.settings
+        try:
+            tp.check_divisible(AutoConfig.from_pretrained(s.model_dir), s.gpus)
+        except tp.TensorParallelError as e:
+            raise EngineUnavailable(f"tensor parallel: {e}") from None
+        if s.device.startswith("cuda") and torch.cuda.device_count() < s.gpus:
+            raise EngineUnavailable(f"gpus {s.gpus} asked, {torch.cuda.device_count()} visible")
+        self.workers = tp.start_workers("inference_optim_llm.engines.compiled:_worker", s)
+        tp.init(0, s.gpus, self.workers.port, s.device)
+
+    def _load_shard(self) -> None:
+        s = self.settings
         self.cuda = s.device.startswith("cuda")
         self.private_cache = load_compile_cache(s.artifact_dir)
         self.cache_loaded = self.private_cache is not None
@@ -146,7 +176,7 @@ class CompiledEngine(TorchEngine):
         self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
         hf = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code)
         self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens))
-        self.net = FusedLlama(hf, s.max_batch_size, self.max_len)
+        self.net = FusedLlama(hf, s.max_batch_size, self.max_len, self.rank, s.gpus)
         self.hf = hf
         mode = s.options.get("mode", "reduce-overhead" if self.cuda else "default")
         self.step = torch.compile(self.net, mode=mode, fullgraph=True, dynamic=False)
@@ -164,6 +194,19 @@ class CompiledEngine(TorchEngine):
         P = ids.shape[1]
         if P + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
+        if s.gpus > 1:
+            mask = mask.long()
+            tp.send_batch(ids, mask, max_new_tokens)
+        out = self._decode(ids, mask, max_new_tokens, clock)
+        tokens = out.tolist()                                  # the only host sync of the batch
+        e2e = time.perf_counter() - t0
+        times = clock.times_s()
+        return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)
+
+    def _decode(self, ids, mask, max_new_tokens: int, clock=None):
+        """Prefill and decode one padded batch (every rank runs it in step); the tokens, on the device."""
+        B, P = ids.shape
+        dev = ids.device
         valid = self.net.valid
         valid.fill_(True)
         valid[:, :P] = mask.bool()
@@ -173,17 +216,25 @@ class CompiledEngine(TorchEngine):
         with torch.no_grad():
             tok = self.net(ids, positions, self.net.kv_index[:P], valid)      # prefill, eager
             out[:, 0] = tok
-            clock.stamp()
+            if clock:
+                clock.stamp()
             for t in range(1, max_new_tokens):
                 tok = self.step(out[:, t - 1:t], next_pos + (t - 1), self.net.kv_index[P + t - 1:P + t], valid)
                 out[:, t] = tok
-                clock.stamp()
-        tokens = out.tolist()                                  # the only host sync of the batch
-        e2e = time.perf_counter() - t0
-        times = clock.times_s()
-        return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)
+                if clock:
+                    clock.stamp()
+        return out
+
+    def follow(self) -> None:
+        """A worker rank: generate every batch rank 0 sends, until it says stop."""
+        while (batch := tp.receive_batch(self.settings.device)) is not None:
+            ids, mask, n = batch
+            self._decode(ids, mask, n)
 
     def close(self) -> None:
+        if self.workers:
+            self.workers.stop(self.settings.device)
+            self.workers = None
         for name in ("step", "net", "hf"):   # close() also runs after a failed load
             self.__dict__.pop(name, None)
         if getattr(self, "private_cache", None) is not None:
@@ -214,3 +265,15 @@ def load_compile_cache(artifact_dir: Path | None) -> Path | None:
     shutil.copytree(src, private, dirs_exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(private)
     return private
+
+
+def _worker(settings, rank: int, port: int) -> None:
+    """Rank `rank` of a tensor-parallel compiled engine (tp.start_workers' process): join, load its shard,
+    follow rank 0."""
+    tp.init(rank, settings.gpus, port, settings.device)
+    engine = CompiledEngine(settings)
+    engine.rank = rank
+    engine.load()
+    engine.follow()
+    import torch.distributed as dist
+    dist.destroy_process_group()

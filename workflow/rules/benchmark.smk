@@ -3,6 +3,7 @@ wildcard_constraints:
     engine=_alternatives(ENGINE_NAMES),
     prompt_set=_alternatives(config["prompt_sets"]),
     batch=r"[1-9][0-9]*",
+    tp=r"(-tp([2-9]|[1-9][0-9]+))?",
 
 
 rule calibrate:
@@ -52,21 +53,21 @@ rule run_benchmark:
         calibration=calibration_input,
     output:
         result=report(
-            "results/runs/{model}/{engine}/{prompt_set}/bs{batch}.json",
+            "results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.json",
             category="Results",
             subcategory="{model} / {engine}",
         ),
-        records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}.jsonl",
+        records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.jsonl",
     conda:
         "../../envs/pipeline.yaml"
     container:
         CONTAINER
     log:
-        "results/logs/runs/{model}/{engine}/{prompt_set}/bs{batch}.log",
+        "results/logs/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.log",
     params:
         spec=bench_spec,
     threads: BENCH["threads"]
     resources:
-        gpu=1,
+        gpu=gpus_wanted,
     script:
         "../scripts/run_benchmark.py"

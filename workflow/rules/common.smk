@@ -3,7 +3,7 @@
 import re
 
 from inference_optim_llm.engines import ENGINES
-from inference_optim_llm.plan import Plan
+from inference_optim_llm.plan import Plan, gpus_of
 
 PLAN = Plan(config)
 BENCH = config["benchmark"]
@@ -67,7 +67,12 @@ def build_spec(wildcards):
 
 
 def bench_spec(wildcards):
-    return PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch))
+    return PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch),
+                           gpus_of(wildcards.tp))
+
+
+def gpus_wanted(wildcards):
+    return gpus_of(wildcards.tp)
 
 
 def serve_spec(wildcards):

@@ -1,0 +1,164 @@
+"""Tensor parallelism for the compiled engine, in the manner of pytorch-labs/gpt-fast's tp.py.
+
+- Column-parallel: each rank holds its share of the query and KV heads (the fused q/k/v rows of those
+  heads) and of the MLP's gate and up rows. Row-parallel: the matching columns of o and down. One
+  all-reduce (sum) after o and one after down; norms, embedding and the LM head are replicated, so every
+  rank computes the same next token.
+- The all-reduce is torch's functional collective, which torch.compile traces into the step (and, on
+  CUDA, CUDA graphs capture with NCCL); gloo on the CPU.
+- Processes: the benchmark's own process is rank 0 and drives the scenario; it starts `gpus - 1` worker
+  processes (torch.multiprocessing, spawn), which load their shard and then follow rank 0's commands
+  (a batch to generate, or stop), broadcast over the same process group. On CUDA rank r uses device r.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+STOP, GENERATE = 0, 1
+# Off, as the GPU machine's notes require on its 2-GPU hosts (NVLink multicast must stay off); set here so
+# that every worker process has them, whatever environment a launcher built.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+class TensorParallelError(ValueError):
+    """A model whose heads or MLP cannot be split evenly over the asked number of GPUs."""
+
+
+def check_divisible(cfg, world: int) -> None:
+    for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        value = getattr(cfg, key)
+        if value % world:
+            raise TensorParallelError(f"{key} is {value}, which does not split evenly over gpus {world}")
+
+
+def shard_layer(w: dict, n_heads: int, n_kv: int, head_dim: int, rank: int, world: int) -> dict:
+    """One layer's fused weights (FusedLlama's dict: wqkv, wo, wgu, wd, norms), cut to this rank's share."""
+    if world == 1:
+        return w
+    nq, nkv = n_heads * head_dim, n_kv * head_dim
+    q, k, v = w["wqkv"].split([nq, nkv, nkv])
+    gate, up = w["wgu"].chunk(2)
+
+    def rows(t):   # this rank's contiguous block of output rows (heads, or MLP units)
+        return t.chunk(world)[rank]
+
+    def cols(t):
+        return t.chunk(world, dim=1)[rank]
+
+    return dict(norm1=w["norm1"], norm2=w["norm2"],
+                wqkv=torch.cat([rows(q), rows(k), rows(v)]).contiguous(), wo=cols(w["wo"]).contiguous(),
+                wgu=torch.cat([rows(gate), rows(up)]).contiguous(), wd=cols(w["wd"]).contiguous())
+
+
+def all_reduce(x, world: int):
+    """Sum over the ranks; traceable by torch.compile. The identity with one rank."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+    return funcol.all_reduce(x, "sum", dist.group.WORLD.group_name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Workers:
+    """Ranks 1..N-1, each a `python -c` process (not multiprocessing's spawn, which would import the
+    job's main script again: Snakemake's script directive runs the benchmark from one). They die with
+    this process (PR_SET_PDEATHSIG)."""
+
+    def __init__(self, procs, port: int):
+        self.procs, self.port = procs, port
+
+    def stop(self, device: str) -> None:
+        """Tell the workers to stop (if the group is up), wait for them, leave the group."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            send_stop(device)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except Exception:
+                p.kill()
+                p.wait()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __bool__(self) -> bool:
+        return bool(self.procs)
+
+
+def start_workers(target: str, settings) -> Workers:
+    """Start ranks 1..settings.gpus-1 running target ("module:function", called (settings, rank, port))."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from inference_optim_llm.servers import _die_with_parent
+
+    port = free_port()
+    fields = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in dataclasses.asdict(settings).items()}
+    module, _, func = target.partition(":")
+    code = ("import json, sys; from pathlib import Path; from inference_optim_llm.engines.base import EngineSettings; "
+            f"from {module} import {func}; f = json.loads(sys.argv[1]); "
+            "f['model_dir'] = Path(f['model_dir']); "
+            "f['artifact_dir'] = Path(f['artifact_dir']) if f['artifact_dir'] else None; "
+            f"{func}(EngineSettings(**f), int(sys.argv[2]), int(sys.argv[3]))")
+    threads = max(1, torch.get_num_threads() // settings.gpus)
+    env = {**os.environ, **MULTICAST_OFF, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(fields), str(rank), str(port)], env=env,
+                              preexec_fn=_die_with_parent) for rank in range(1, settings.gpus)]
+    return Workers(procs, port)
+
+
+def init(rank: int, world: int, port: int, device: str) -> str:
+    """Join the process group; returns this rank's device."""
+    import torch.distributed as dist
+
+    os.environ.update(MULTICAST_OFF)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world)
+    return f"cuda:{rank}" if cuda else "cpu"
+
+
+def send_batch(ids, mask, max_new_tokens: int) -> None:
+    """Rank 0: the next batch, to every worker."""
+    import torch.distributed as dist
+
+    header = torch.tensor([GENERATE, *ids.shape, max_new_tokens], dtype=torch.long, device=ids.device)
+    dist.broadcast(header, 0)
+    dist.broadcast(ids, 0)
+    dist.broadcast(mask, 0)
+
+
+def send_stop(device: str) -> None:
+    import torch.distributed as dist
+
+    dist.broadcast(torch.tensor([STOP, 0, 0, 0], dtype=torch.long, device=device), 0)
+
+
+def receive_batch(device: str):
+    """Workers: (ids, mask, max_new_tokens) of the next batch, or None to stop."""
+    import torch.distributed as dist
+
+    header = torch.empty(4, dtype=torch.long, device=device)
+    dist.broadcast(header, 0)
+    cmd, b, p, n = header.tolist()
+    if cmd == STOP:
+        return None
+    ids = torch.empty(b, p, dtype=torch.long, device=device)
+    mask = torch.empty(b, p, dtype=torch.long, device=device)
+    dist.broadcast(ids, 0)
+    dist.broadcast(mask, 0)
+    return ids, mask, n
