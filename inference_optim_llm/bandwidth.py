@@ -95,9 +95,10 @@ def kv_bytes_per_token(model: dict, dtype: str) -> int | None:
 
 def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mean: float,
                      max_new_tokens: int, tpot_s: float | None, calibration: dict | None,
-                     gpu_name: str | None) -> dict:
+                     gpu_name: str | None, gpus: int = 1) -> dict:
     """Achieved decode bandwidth and its fraction of the measured one. Figures that cannot be
-    computed are None, with the reason."""
+    computed are None, with the reason. With `gpus` N (tensor parallel) the limit is N x one GPU's (the
+    weights and the cache are split over N memories; the replicated embedding and LM head are counted once)."""
     w = weight_bytes(model, dtype)
     kv = kv_bytes_per_token(model, dtype)
     out = {"weight_bytes": w, "kv_bytes_per_step": None, "bytes_per_step": None, "achieved_gb_s": None,
@@ -118,6 +119,7 @@ def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mea
     out["achieved_gb_s"] = out["bytes_per_step"] / tpot_s / 1e9
     out["datasheet_gb_s"], out["datasheet_reason"] = datasheet_bandwidth(gpu_name)
     if out["datasheet_gb_s"]:   # the datasheet counts one direction: bytes read per step over it
+        out["datasheet_gb_s"] *= gpus
         out["fraction_of_datasheet"] = out["achieved_gb_s"] / out["datasheet_gb_s"]
     if gpu_name is None:
         out["reason"] = "not a GPU run: the limit is measured for GPU memory only"
@@ -126,6 +128,6 @@ def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mea
     elif calibration.get("gpu_name") != gpu_name:
         out["reason"] = f"calibration is for {calibration.get('gpu_name')}, not {gpu_name}"
     else:
-        out["measured_gb_s"] = calibration["bandwidth_gb_s"]
+        out["measured_gb_s"] = calibration["bandwidth_gb_s"] * gpus
         out["fraction_of_measured"] = out["achieved_gb_s"] / out["measured_gb_s"]
     return out

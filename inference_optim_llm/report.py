@@ -57,12 +57,12 @@ def _hw(metrics: dict | None, key: str, scale: float = 1.0):
     return None if not ci else (ci["high"] - ci["low"]) / 2 * scale
 
 
-def _datasheet_fraction(bw: dict, gpu_name: str | None) -> float | None:
+def _datasheet_fraction(bw: dict, gpu_name: str | None, gpus: int = 1) -> float | None:
     """Achieved decode bandwidth over the card's datasheet figure (bandwidth.DATASHEET_GB_S), from what the
     result file holds (so results measured before the field existed get it too)."""
     from inference_optim_llm.bandwidth import datasheet_bandwidth
     sheet, _ = datasheet_bandwidth(gpu_name)
-    return bw["achieved_gb_s"] / sheet if sheet and bw.get("achieved_gb_s") else None
+    return bw["achieved_gb_s"] / (sheet * gpus) if sheet and bw.get("achieved_gb_s") else None
 
 
 def row(result: dict, path: Path) -> dict:
@@ -96,7 +96,7 @@ def row(result: dict, path: Path) -> dict:
         "exact_match_rate": agreement.get("exact_match_rate"),
         "first_divergence": agreement.get("first_divergence"),
         "bandwidth_fraction": bw.get("fraction_of_measured"),
-        "datasheet_fraction": _datasheet_fraction(bw, prov.get("gpu_name")),
+        "datasheet_fraction": _datasheet_fraction(bw, prov.get("gpu_name"), t.get("gpus", 1)),
         "verdict": (result.get("verdict") or {}).get("status"),
         "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
         "verdict_notes": "; ".join((result.get("verdict") or {}).get("notes") or []) or None,

@@ -44,10 +44,10 @@ def not_run(result: dict, status: str, reason: str) -> dict:
     return result
 
 
-def telemetry(m, engine: str, device: str) -> dict:
+def telemetry(m, engine: str, device: str, gpus: int = 1) -> dict:
     """NVML's figures over the timed phase, energy per output token, and the engine's own memory figure;
     every figure that is None has its reason."""
-    tel = telemetry_of(m.telemetry, sum(b.output_tokens for b in m.batches))
+    tel = telemetry_of(m.telemetry, sum(b.output_tokens for b in m.batches), gpus)
     tel.update(m.memory)
     if tel.get("torch_peak_allocated_mb") is None:
         tel["null_reasons"]["torch_peak_allocated_mb"] = (
@@ -64,7 +64,7 @@ def static_batches(result: dict, m, texts: list[str]) -> tuple[dict, list[dict]]
                    "output_tokens_per_s": b.output_tokens / b.e2e_s, "requests_per_s": b.requests / b.e2e_s}
                   for b in m.batches]
     target = result["target"]
-    tel = telemetry(m, target["engine"], result["settings"]["device"])
+    tel = telemetry(m, target["engine"], result["settings"]["device"], target.get("gpus", 1))
     counted = [r for r in requests if not r["padding"]]   # each prompt once per repetition
     generated = [r["output_tokens"] for r in requests]
     result.update({
@@ -91,7 +91,8 @@ def add_bandwidth(result: dict, calibration: dict | None) -> None:
     s = result["settings"]
     result["bandwidth"] = bandwidth.decode_bandwidth(
         result["model"], s["dtype"], result["target"]["batch_size"], s["prompt_tokens_mean"], s["max_new_tokens"],
-        result["metrics"]["tpot_s"]["median"], calibration, result["provenance"]["gpu_name"])
+        result["metrics"]["tpot_s"]["median"], calibration, result["provenance"]["gpu_name"],
+        result["target"].get("gpus", 1))
 
 
 def add_agreement(result: dict, first_outputs: list[list[int]], reference: dict) -> None:
@@ -246,11 +247,23 @@ def serving(result: dict, m, texts: list[str], prompt_tokens: list[int], slo: di
     return result, records
 
 
-def telemetry_of(report, output_tokens: int) -> dict:
+# Whole-device figures that NVML read on the first GPU only: with more GPUs they would understate the cell.
+DEVICE_TOTALS = ("gpu_memory_peak_mb", "gpu_memory_start_mb", "power_mean_w", "power_max_w", "energy_j",
+                 "idle_power_w")
+
+
+def telemetry_of(report, output_tokens: int, gpus: int = 1) -> dict:
     """The sampler's report, and energy per output token: in all, and above the GPU's idle power (the
-    energy the GPU would have drawn anyway over the same span, idle_power_w x duration_s, taken off)."""
+    energy the GPU would have drawn anyway over the same span, idle_power_w x duration_s, taken off).
+    The sampler reads one GPU: a cell on several has its power, energy and memory null, with the reason."""
     tel = report.as_dict()
     why = tel["null_reasons"]
+    if gpus > 1:
+        for key in DEVICE_TOTALS:
+            if tel.get(key) is not None:
+                tel[key] = None
+                why[key] = (f"read on the first of the cell's {gpus} GPUs only (telemetry of several GPUs is "
+                            "not built yet): a figure for one GPU would understate the cell")
     tel["energy_per_token_j"] = tel["energy_j"] / output_tokens if tel["energy_j"] is not None else None
     if tel["energy_per_token_j"] is None:
         why["energy_per_token_j"] = why.get("energy_j", "no energy figure")

@@ -116,3 +116,30 @@ def test_an_engine_without_tensor_parallelism_is_unavailable_at_two_gpus():
     with pytest.raises(EngineUnavailable, match="engine 'baseline' has no tensor-parallel support here .gpus 2.; "
                                                 "engines with it: compiled"):
         check_gpus("baseline", 2)
+
+
+def test_telemetry_of_one_gpu_is_not_reported_for_a_cell_on_two():
+    """Pure logic: NVML read the first GPU; power, energy and memory of a 2-GPU cell are null, with why."""
+    from inference_optim_llm.results import telemetry_of
+    from inference_optim_llm.telemetry import Sample, summarize_samples
+    rep = summarize_samples([Sample(t=0.0, power_w=300.0, memory_mb=1000.0), Sample(t=1.0, power_w=300.0,
+                                                                                    memory_mb=1000.0)],
+                            300.0, None, 1000.0, sm_clock_max_mhz=1980.0, idle_power_w=100.0)
+    one, two = telemetry_of(rep, 100), telemetry_of(rep, 100, gpus=2)
+    assert one["energy_per_token_j"] == 3.0 and one["power_mean_w"] == 300.0
+    for key in ("energy_j", "power_mean_w", "gpu_memory_peak_mb", "idle_power_w", "energy_per_token_j",
+                "energy_above_idle_j"):
+        assert two[key] is None and "first of the cell's 2 GPUs" in two["null_reasons"][key], key
+
+
+def test_the_limit_of_n_gpus_is_n_times_one():
+    """Pure logic: the same bytes per step over the same TPOT is half the fraction on two GPUs."""
+    from inference_optim_llm.bandwidth import decode_bandwidth
+    from inference_optim_llm.models import SYNTHETIC_PRESETS
+    model = {"model_type": "llama", **SYNTHETIC_PRESETS["llama-3.1-8b"]}
+    cal = {"gpu_name": "NVIDIA H200", "bandwidth_gb_s": 4255.0}
+    one = decode_bandwidth(model, "bfloat16", 1, 64, 200, 0.005, cal, "NVIDIA H200")
+    two = decode_bandwidth(model, "bfloat16", 1, 64, 200, 0.005, cal, "NVIDIA H200", gpus=2)
+    assert two["measured_gb_s"] == 2 * 4255.0 and two["achieved_gb_s"] == one["achieved_gb_s"]
+    assert abs(two["fraction_of_measured"] - one["fraction_of_measured"] / 2) < 1e-12
+    assert abs(two["fraction_of_datasheet"] - one["fraction_of_datasheet"] / 2) < 1e-12
