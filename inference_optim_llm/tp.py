@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import torch
 
@@ -77,7 +78,13 @@ class Workers:
         self.procs, self.port = procs, port
 
     def stop(self, device: str) -> None:
-        """Tell the workers to stop (if the group is up), wait for them, leave the group."""
+        """Tell the workers to stop (if the group is up), wait for them (60 s, then kill), leave the group.
+        Leaving is bounded too: on 2 H200s (2026-11-28) a tp2 job measured, then never finished its
+        teardown (workers then left the group themselves, and rank 0's destroy_process_group waited on
+        them). Now workers exit without leaving, and rank 0 gives up leaving after 30 s, so a measured
+        result is always written."""
+        import threading
+
         import torch.distributed as dist
 
         if dist.is_initialized():
@@ -89,7 +96,12 @@ class Workers:
                 p.kill()
                 p.wait()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            leave = threading.Thread(target=dist.destroy_process_group, daemon=True)
+            leave.start()
+            leave.join(timeout=30)
+            if leave.is_alive():
+                print("tensor parallel: leaving the process group took over 30 s; going on without it",
+                      file=sys.stderr, flush=True)
 
     def __bool__(self) -> bool:
         return bool(self.procs)
@@ -100,7 +112,6 @@ def start_workers(target: str, settings) -> Workers:
     import dataclasses
     import json
     import subprocess
-    import sys
 
     from inference_optim_llm.servers import _die_with_parent
 

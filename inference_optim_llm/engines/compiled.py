@@ -275,5 +275,6 @@ def _worker(settings, rank: int, port: int) -> None:
     engine.rank = rank
     engine.load()
     engine.follow()
-    import torch.distributed as dist
-    dist.destroy_process_group()
+    if settings.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    os._exit(0)   # without leaving the group: rank 0's teardown must not wait on this one (tp.Workers.stop)
