@@ -318,8 +318,11 @@ def is_synthetic(model_dir: Path) -> bool:
     return (Path(model_dir) / SYNTHETIC_MARKER).is_file()
 
 
-def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool = False):
+def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool = False,
+               tensor_parallel: bool = False):
     """Load a materialised model onto the device, eval mode. Synthetic weights are drawn there, seeded.
+    tensor_parallel: this process's share only, by transformers' own plan (tp_plan "auto"; the process
+    group is up: tp.init), on this rank's device.
     trust_remote_code comes from the configuration of the run that loads the model, never from a file
     in the model directory (which may be linked to, or shared with, another workflow)."""
     import torch
@@ -333,6 +336,9 @@ def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool
         torch.manual_seed(seed)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    elif tensor_parallel:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, tp_plan="auto",
+                                                     trust_remote_code=trust_remote_code)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)

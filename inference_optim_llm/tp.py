@@ -107,8 +107,8 @@ class Workers:
         return bool(self.procs)
 
 
-def start_workers(target: str, settings) -> Workers:
-    """Start ranks 1..settings.gpus-1 running target ("module:function", called (settings, rank, port))."""
+def start_workers(engine_class: str, settings) -> Workers:
+    """Start ranks 1..settings.gpus-1, each running run_worker(engine_class, settings, rank, port)."""
     import dataclasses
     import json
     import subprocess
@@ -117,12 +117,11 @@ def start_workers(target: str, settings) -> Workers:
 
     port = free_port()
     fields = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in dataclasses.asdict(settings).items()}
-    module, _, func = target.partition(":")
     code = ("import json, sys; from pathlib import Path; from inference_optim_llm.engines.base import EngineSettings; "
-            f"from {module} import {func}; f = json.loads(sys.argv[1]); "
+            "from inference_optim_llm.tp import run_worker; f = json.loads(sys.argv[1]); "
             "f['model_dir'] = Path(f['model_dir']); "
             "f['artifact_dir'] = Path(f['artifact_dir']) if f['artifact_dir'] else None; "
-            f"{func}(EngineSettings(**f), int(sys.argv[2]), int(sys.argv[3]))")
+            f"run_worker({engine_class!r}, EngineSettings(**f), int(sys.argv[2]), int(sys.argv[3]))")
     threads = max(1, torch.get_num_threads() // settings.gpus)
     env = {**os.environ, **MULTICAST_OFF, "OMP_NUM_THREADS": str(threads)}
     procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(fields), str(rank), str(port)], env=env,
@@ -130,11 +129,59 @@ def start_workers(target: str, settings) -> Workers:
     return Workers(procs, port)
 
 
+def run_worker(engine_class: str, settings, rank: int, port: int) -> None:
+    """Rank `rank` (a process of start_workers): join, load this rank's share, follow rank 0, exit without
+    leaving the group (rank 0's teardown must not wait on it: Workers.stop)."""
+    import importlib
+
+    module, _, name = engine_class.partition(":")
+    init(rank, settings.gpus, port, settings.device)
+    engine = getattr(importlib.import_module(module), name)(settings)
+    engine.rank = rank
+    engine.load()
+    while (batch := receive_batch(settings.device)) is not None:
+        engine.run_batch(*batch)
+    if settings.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    os._exit(0)
+
+
+class Ranks:
+    """For an engine with tensor parallelism (registry `tensor_parallel`): rank 0 (the job) starts the
+    workers and sends each batch; every rank runs it with the engine's run_batch(ids, mask, n)."""
+
+    rank = 0
+    workers: Workers | None = None
+
+    def start_ranks(self, engine_class: str) -> None:
+        s = self.settings
+        if s.gpus > 1 and self.rank == 0:
+            if s.device.startswith("cuda") and torch.cuda.device_count() < s.gpus:
+                from inference_optim_llm.engines.base import EngineUnavailable
+                raise EngineUnavailable(f"gpus {s.gpus} asked, {torch.cuda.device_count()} visible")
+            self.workers = start_workers(engine_class, s)
+            init(0, s.gpus, self.workers.port, s.device)
+
+    def share_batch(self, ids, mask, max_new_tokens: int):
+        """Rank 0, before running a batch: the same batch to every worker. Returns the mask as sent."""
+        if self.settings.gpus > 1:
+            mask = mask.long()
+            send_batch(ids, mask, max_new_tokens)
+        return mask
+
+    def stop_ranks(self) -> None:
+        if self.workers:
+            self.workers.stop(self.settings.device)
+            self.workers = None
+
+
 def init(rank: int, world: int, port: int, device: str) -> str:
-    """Join the process group; returns this rank's device."""
+    """Join the process group; returns this rank's device. RANK, WORLD_SIZE and LOCAL_RANK are set too
+    (transformers' tensor parallelism reads them)."""
     import torch.distributed as dist
 
-    os.environ.update(MULTICAST_OFF)
+    os.environ.update(MULTICAST_OFF, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(rank)

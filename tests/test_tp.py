@@ -62,8 +62,9 @@ def _varied_model(out: Path, smollm2_tokenizer_dir: Path) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_give_every_token_of_one(tmp_path, smollm2_dir):
-    """The issue's CPU parity, fp32, gloo: the benchmark CLI runs `compiled` at gpus 2 (2 processes) against
-    the reference tokens of `baseline` in one process; every token of every prompt agrees."""
+    """The issue's CPU parity, fp32, gloo: the benchmark CLI runs `compiled` and `baseline` (transformers'
+    tp_plan) at gpus 2 (2 processes) against the reference tokens of `baseline` in one process; every
+    token of every prompt agrees."""
     model = _varied_model(tmp_path / "model", smollm2_dir)
     prompts = tmp_path / "p.txt"
     prompts.write_text("The capital of France is\nOnce upon a time\nIn 1905, Einstein\nA B C D E F G\n")
@@ -79,17 +80,33 @@ def test_two_processes_give_every_token_of_one(tmp_path, smollm2_dir):
     cli("reference-tokens", "--spec", json.dumps({**common, "engine": "baseline", "batch_size": 1}), "--output", str(ref))
     flat = [t for seq in json.loads(ref.read_text())["tokens"] for t in seq]
     assert len(set(flat)) > 20          # varied text, not one token repeated: parity is not trivially true
+    for engine in ("compiled", "baseline"):
+        out = tmp_path / f"{engine}.json"
+        cli("bench", "--spec", json.dumps({**common, "engine": engine, "batch_size": 2, "gpus": 2,
+                                           "reference": str(ref)}), "--output", str(out))
+        r = json.loads(out.read_text())
+        assert r["status"] == "ok" and r["target"]["gpus"] == 2, engine
+        assert r["agreement"]["exact_match_rate"] == 1.0 and r["agreement"]["first_divergence"] is None, engine
+
+
+def test_baseline_on_two_processes_needs_weights_in_files(tmp_path, smollm2_gguf):
+    """A synthetic model (weights drawn at load) cannot go through transformers' tp_plan: unavailable, named."""
+    from inference_optim_llm.models import download_model
+    model = tmp_path / "tiny"
+    download_model("tiny", "synthetic:llama-tiny", model, download_dir=smollm2_gguf.parent)
+    spec = {"model": "tiny", "model_dir": str(model), "engine": "baseline", "prompt_set": "p",
+            "prompt_spec": {"tokens": 8, "count": 2}, "batch_size": 1, "max_new_tokens": 4, "gpus": 2,
+            "repetitions": 1, "warmup": 0, "device": "cpu", "dtype": "float32"}
     out = tmp_path / "r.json"
-    cli("bench", "--spec", json.dumps({**common, "engine": "compiled", "batch_size": 2, "gpus": 2,
-                                       "reference": str(ref)}), "--output", str(out))
+    proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "bench", "--spec", json.dumps(spec),
+                           "--output", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["status"] == "ok" and r["target"]["gpus"] == 2
-    assert r["agreement"]["exact_match_rate"] == 1.0 and r["agreement"]["first_divergence"] is None
+    assert r["status"] == "unavailable" and "synthetic model has none" in r["reason"]
 
 
 def test_the_gpus_dimension_names_files_and_asks_for_gpus(tmp_path):
-    """A dry run: bs2-tp2.json beside bs2.json, Snakemake's gpu resource at 2, baseline too (recorded
-    unavailable when it runs: it has no tensor parallelism here)."""
+    """A dry run: bs2-tp2.json beside bs2.json, Snakemake's gpu resource at 2, for both engines."""
     from conftest import workflow_config
     cfg = workflow_config("tiny")
     cfg["matrix"] = [{**cfg["matrix"][0], "engines": ["baseline", "compiled"], "gpus": [1, 2]}]
@@ -111,11 +128,12 @@ def test_the_gpus_dimension_names_files_and_asks_for_gpus(tmp_path):
 
 def test_an_engine_without_tensor_parallelism_is_unavailable_at_two_gpus():
     from inference_optim_llm.engines import EngineUnavailable, check_gpus
-    check_gpus("baseline", 1)
+    check_gpus("trtllm", 1)
     check_gpus("compiled", 4)
-    with pytest.raises(EngineUnavailable, match="engine 'baseline' has no tensor-parallel support here .gpus 2.; "
-                                                "engines with it: compiled"):
-        check_gpus("baseline", 2)
+    check_gpus("baseline", 2)
+    with pytest.raises(EngineUnavailable, match="engine 'trtllm' has no tensor-parallel support here .gpus 2.; "
+                                                "engines with it: baseline, compiled"):
+        check_gpus("trtllm", 2)
 
 
 def test_telemetry_of_one_gpu_is_not_reported_for_a_cell_on_two():

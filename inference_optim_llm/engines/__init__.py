@@ -33,7 +33,7 @@ _KV_OPTIONS = {
 }
 
 ENGINES: dict[str, dict] = {
-    "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}},
+    "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}, "tensor_parallel": True},
     "compiled": {
         "cls": "inference_optim_llm.engines.compiled:CompiledEngine",
         "options": {

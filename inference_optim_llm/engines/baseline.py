@@ -1,4 +1,7 @@
-"""baseline: transformers `generate`, eager, dynamic KV cache. The reference every engine is compared to."""
+"""baseline: transformers `generate`, eager, dynamic KV cache. The reference every engine is compared to.
+With `gpus` N > 1: transformers' own tensor parallelism (`from_pretrained(..., tp_plan="auto")`) over N
+processes started as the compiled engine's are (tp.py); it loads weights from files, so a synthetic model
+(weights drawn at load) is unavailable there."""
 from __future__ import annotations
 
 import time
@@ -6,9 +9,10 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from inference_optim_llm.engines.base import BatchOutput, TorchEngine
+from inference_optim_llm import tp
+from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.timing import TokenClock
-from inference_optim_llm.models import load_model, load_tokenizer
+from inference_optim_llm.models import is_synthetic, load_model, load_tokenizer
 
 
 class _StampEachStep(LogitsProcessor):
@@ -34,11 +38,15 @@ def pad_left(prompts: list[list[int]], pad_id: int, device: str):
     return ids.to(device), mask.to(device)
 
 
-class BaselineEngine(TorchEngine):
+class BaselineEngine(tp.Ranks, TorchEngine):
 
     def load(self) -> None:
         s = self.settings
-        self.model = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code)
+        if s.gpus > 1 and is_synthetic(s.model_dir):
+            raise EngineUnavailable("baseline's tensor parallelism (transformers, tp_plan auto) loads weights from "
+                                    "files; this synthetic model has none (its weights are drawn at load)")
+        self.start_ranks("inference_optim_llm.engines.baseline:BaselineEngine")
+        self.model = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code, tensor_parallel=s.gpus > 1)
         self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
@@ -46,18 +54,25 @@ class BaselineEngine(TorchEngine):
         t0 = time.perf_counter()
         clock.start()
         ids, mask = pad_left(prompts, self.pad_id, self.settings.device)
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([_StampEachStep(clock)]) if clock.enabled else None,
-                top_k=None, top_p=None, temperature=None)
+        mask = self.share_batch(ids, mask, max_new_tokens)
+        out = self.run_batch(ids, mask, max_new_tokens, clock)
         new = out[:, ids.shape[1]:].tolist()  # the host copy synchronizes the device
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=new, token_times_s=[times] * len(prompts), e2e_s=e2e)
 
+    def run_batch(self, ids, mask, max_new_tokens: int, clock: TokenClock | None = None):
+        """Every rank: greedy generation of one padded batch (prompt and new tokens, on the device)."""
+        stamp = clock is not None and clock.enabled
+        with torch.no_grad():
+            return self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([_StampEachStep(clock)]) if stamp else None,
+                top_k=None, top_p=None, temperature=None)
+
     def close(self) -> None:
+        self.stop_ranks()
         self.__dict__.pop("model", None)   # close() also runs after a failed load
         if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -134,14 +134,11 @@ def configure_inductor(device: str, options: dict) -> None:
     ic.coordinate_descent_tuning = bool(options.get("coordinate_descent_tuning", False))
 
 
-class CompiledEngine(TorchEngine):
+class CompiledEngine(tp.Ranks, TorchEngine):
 
     def result_fields(self) -> dict:
         """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
         return {"compile_cache_loaded": self.cache_loaded} if self.settings.max_new_tokens > 1 else {}
-
-    rank = 0
-    workers: "tp.Workers | None" = None
 
     def load(self) -> None:
         s = self.settings
@@ -150,25 +147,12 @@ class CompiledEngine(TorchEngine):
             raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
                                     f"{s.model_dir} is {cfg_type!r}")
         if s.gpus > 1 and self.rank == 0:
-            self._start_workers()
-        self._load_shard()
-
-    def _start_workers(self) -> None:
-        """Rank 0: check the split, start ranks 1..N-1 (they load their shard and wait), join the group."""
-        from transformers import AutoConfig
-
-        s = self.settings
-        try:
-            tp.check_divisible(AutoConfig.from_pretrained(s.model_dir), s.gpus)
-        except tp.TensorParallelError as e:
-            raise EngineUnavailable(f"tensor parallel: {e}") from None
-        if s.device.startswith("cuda") and torch.cuda.device_count() < s.gpus:
-            raise EngineUnavailable(f"gpus {s.gpus} asked, {torch.cuda.device_count()} visible")
-        self.workers = tp.start_workers("inference_optim_llm.engines.compiled:_worker", s)
-        tp.init(0, s.gpus, self.workers.port, s.device)
-
-    def _load_shard(self) -> None:
-        s = self.settings
+            from transformers import AutoConfig
+            try:
+                tp.check_divisible(AutoConfig.from_pretrained(s.model_dir), s.gpus)
+            except tp.TensorParallelError as e:
+                raise EngineUnavailable(f"tensor parallel: {e}") from None
+        self.start_ranks("inference_optim_llm.engines.compiled:CompiledEngine")
         self.cuda = s.device.startswith("cuda")
         self.private_cache = load_compile_cache(s.artifact_dir)
         self.cache_loaded = self.private_cache is not None
@@ -194,16 +178,14 @@ class CompiledEngine(TorchEngine):
         P = ids.shape[1]
         if P + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
-        if s.gpus > 1:
-            mask = mask.long()
-            tp.send_batch(ids, mask, max_new_tokens)
-        out = self._decode(ids, mask, max_new_tokens, clock)
+        mask = self.share_batch(ids, mask, max_new_tokens)
+        out = self.run_batch(ids, mask, max_new_tokens, clock)
         tokens = out.tolist()                                  # the only host sync of the batch
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)
 
-    def _decode(self, ids, mask, max_new_tokens: int, clock=None):
+    def run_batch(self, ids, mask, max_new_tokens: int, clock=None):
         """Prefill and decode one padded batch (every rank runs it in step); the tokens, on the device."""
         B, P = ids.shape
         dev = ids.device
@@ -225,16 +207,8 @@ class CompiledEngine(TorchEngine):
                     clock.stamp()
         return out
 
-    def follow(self) -> None:
-        """A worker rank: generate every batch rank 0 sends, until it says stop."""
-        while (batch := tp.receive_batch(self.settings.device)) is not None:
-            ids, mask, n = batch
-            self._decode(ids, mask, n)
-
     def close(self) -> None:
-        if self.workers:
-            self.workers.stop(self.settings.device)
-            self.workers = None
+        self.stop_ranks()
         for name in ("step", "net", "hf"):   # close() also runs after a failed load
             self.__dict__.pop(name, None)
         if getattr(self, "private_cache", None) is not None:
@@ -265,16 +239,3 @@ def load_compile_cache(artifact_dir: Path | None) -> Path | None:
     shutil.copytree(src, private, dirs_exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(private)
     return private
-
-
-def _worker(settings, rank: int, port: int) -> None:
-    """Rank `rank` of a tensor-parallel compiled engine (tp.start_workers' process): join, load its shard,
-    follow rank 0."""
-    tp.init(rank, settings.gpus, port, settings.device)
-    engine = CompiledEngine(settings)
-    engine.rank = rank
-    engine.load()
-    engine.follow()
-    if settings.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    os._exit(0)   # without leaving the group: rank 0's teardown must not wait on this one (tp.Workers.stop)
