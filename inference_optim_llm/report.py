@@ -135,13 +135,18 @@ def build_frame(results: list[tuple[Path, dict]]):
     return df.drop(columns="batch_tps")
 
 
+def _on(gpus) -> str:
+    """How a sentence names a tensor-parallel cell: nothing for one GPU."""
+    return f" on {int(gpus)} GPUs" if int(gpus) > 1 else ""
+
+
 def findings(df) -> list[str]:
     """Sentences computed from the table: best batch size, gain from batching, gain per engine."""
     out = []
     ok = df[df.status == "ok"]
-    for (model, ps, engine), g in ok.groupby(["model", "prompt_set", "engine"], sort=True):
+    for (model, ps, engine, gpus), g in ok.groupby(["model", "prompt_set", "engine", "gpus"], sort=True):
         best = g.loc[g.output_tokens_per_s.idxmax()]
-        line = (f"`{model}` / `{ps}` / `{engine}`: best batch size {int(best.batch_size)} "
+        line = (f"`{model}` / `{ps}` / `{engine}`{_on(gpus)}: best batch size {int(best.batch_size)} "
                 f"({best.output_tokens_per_s:.1f} output tokens/s)")
         one = g[g.batch_size == 1]
         if len(g) > 1 and not one.empty:
@@ -162,16 +167,17 @@ def findings(df) -> list[str]:
                  f"(median over cells {splits.median():.0f})." if not splits.empty else ".")
         out.append(line)
     for r in ok[ok.decode_steps == 0].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}: max_new_tokens is 1, "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)}: max_new_tokens is 1, "
                    "so no decode step ran (only the prefill): no TPOT, no bandwidth fraction, no speedup.")
     for r in ok[ok.padding_requests > 0].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}: {r.prompts} prompts do "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)}: {r.prompts} prompts do "
                    f"not fill whole batches, so each repetition's last batch repeats {r.padding_requests} of the "
                    "first prompts; they count in throughput, not in the per-request figures (TTFT, TPOT, e2e).")
     for r in df[df.status != "ok"].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size} was not run: "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)} was not run: "
                    f"{r.status} ({r.reason}).")
-    out += verdict_findings(df, lambda r: f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}")
+    out += verdict_findings(df, lambda r: f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch "
+                                          f"{r.batch_size}{_on(r.gpus)}")
     return out
 
 
@@ -265,8 +271,9 @@ def plots(df, plots_dir: Path) -> list[Path]:
     ok = df[df.status == "ok"]
     for (model, ps), g in ok.groupby(["model", "prompt_set"]):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for engine, e in g.groupby("engine"):
+        for (engine, gpus), e in g.groupby(["engine", "gpus"]):
             e = e.sort_values("batch_size")
+            engine = f"{engine}{_on(gpus)}"   # one line per engine and number of GPUs
             bars = _bars(e.output_tokens_per_s_hw)      # the median's 95 % interval
             a1.errorbar(e.batch_size, e.output_tokens_per_s, yerr=bars, marker="o", capsize=3, label=engine)
             a2.errorbar(e.output_tokens_per_s, e.e2e_s_p50, xerr=bars, marker="o", capsize=3, label=engine)

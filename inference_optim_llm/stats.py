@@ -48,6 +48,21 @@ def median_ci(values: Sequence[float], level: float = LEVEL, resamples: int = BO
             "level": level, "resamples": resamples}
 
 
+def median_ci_order(values: Sequence[float], z: float = 1.96) -> dict | None:
+    """The median's distribution-free 95 % interval from order statistics (the ranks n/2 -+ z*sqrt(n)/2):
+    {low, high, half_width_rel}. One sort, no resampling: cheap enough to ask after every few requests of a
+    serving point (the bootstrap of median_ci, at 2000 resamples of 10^4 requests, stalls an event loop
+    whose clock times the streams). None under 3 values; half_width_rel None where the median is 0."""
+    n = len(values)
+    if n < 3:
+        return None
+    xs = sorted(values)
+    lo = max(0, math.floor(n / 2 - z * math.sqrt(n) / 2) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + z * math.sqrt(n) / 2))
+    med = percentile(xs, 50)
+    return {"low": xs[lo], "high": xs[hi], "half_width_rel": (xs[hi] - xs[lo]) / 2 / abs(med) if med else None}
+
+
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], level: float = LEVEL,
              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict | None:
     """Bootstrap interval of median(numerator) / median(denominator), the two samples resampled

@@ -77,8 +77,10 @@ class Workers:
     def __init__(self, procs, port: int):
         self.procs, self.port = procs, port
 
-    def stop(self, device: str) -> None:
-        """Tell the workers to stop (if the group is up), wait for them (60 s, then kill), leave the group.
+    def stop(self, device: str, clean: bool = True) -> None:
+        """Tell the workers to stop (if the group is up, every worker alive and rank 0 between batches:
+        `clean`; else a stop message would not match what the workers wait in, so they are killed), wait
+        for them (60 s, then kill), leave the group.
         Leaving is bounded too: on 2 H200s (2026-11-28) a tp2 job measured, then never finished its
         teardown (workers then left the group themselves, and rank 0's destroy_process_group waited on
         them). Now workers exit without leaving, and rank 0 gives up leaving after 30 s, so a measured
@@ -87,8 +89,11 @@ class Workers:
 
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if clean and dist.is_initialized() and all(p.poll() is None for p in self.procs):
             send_stop(device)
+        else:
+            for p in self.procs:
+                p.kill()
         for p in self.procs:
             try:
                 p.wait(timeout=60)
@@ -138,7 +143,12 @@ def run_worker(engine_class: str, settings, rank: int, port: int) -> None:
     init(rank, settings.gpus, port, settings.device)
     engine = getattr(importlib.import_module(module), name)(settings)
     engine.rank = rank
-    engine.load()
+    try:
+        engine.load()        # it agrees with the other ranks on how loading went (Ranks.load_share)
+    except BaseException as e:
+        print(f"tensor parallel: rank {rank} could not load its share: {type(e).__name__}: {e}",
+              file=sys.stderr, flush=True)
+        os._exit(1)
     while (batch := receive_batch(settings.device)) is not None:
         engine.run_batch(*batch)
     if settings.device.startswith("cuda"):
@@ -152,26 +162,70 @@ class Ranks:
 
     rank = 0
     workers: Workers | None = None
+    in_batch = False     # rank 0 sent a batch that has not come back: the workers are inside it
 
     def start_ranks(self, engine_class: str) -> None:
+        """Rank 0: check that the model splits and the GPUs are there (else unavailable, before any process
+        starts), start the workers, join the group."""
+        from transformers import AutoConfig
+
+        from inference_optim_llm.engines.base import EngineUnavailable
         s = self.settings
-        if s.gpus > 1 and self.rank == 0:
-            if s.device.startswith("cuda") and torch.cuda.device_count() < s.gpus:
-                from inference_optim_llm.engines.base import EngineUnavailable
-                raise EngineUnavailable(f"gpus {s.gpus} asked, {torch.cuda.device_count()} visible")
-            self.workers = start_workers(engine_class, s)
-            init(0, s.gpus, self.workers.port, s.device)
+        if s.gpus == 1 or self.rank != 0:
+            return
+        try:
+            check_divisible(AutoConfig.from_pretrained(s.model_dir, trust_remote_code=s.trust_remote_code), s.gpus)
+        except TensorParallelError as e:
+            raise EngineUnavailable(f"tensor parallel: {e}") from None
+        if ":" in s.device:
+            raise EngineUnavailable(f"tensor parallel: device {s.device!r} names one GPU; use cuda (rank r "
+                                    "uses GPU r)")
+        if s.device.startswith("cuda") and torch.cuda.device_count() < s.gpus:
+            raise EngineUnavailable(f"gpus {s.gpus} asked, {torch.cuda.device_count()} visible")
+        self.workers = start_workers(engine_class, s)
+        init(0, s.gpus, self.workers.port, s.device)
+
+    def load_share(self, load) -> None:
+        """Every rank: load(), then agree with the others on how it went, so that no rank waits for ever
+        on one that failed: if any failed, all raise (out of memory where that was the cause)."""
+        if self.settings.gpus == 1:
+            return load()
+        import torch.distributed as dist
+
+        from inference_optim_llm.hostfacts import is_out_of_memory
+        error = None
+        try:
+            load()
+        except Exception as e:   # noqa: BLE001 (raised again below, after the others are told)
+            error = e
+        code = 0 if error is None else 1 if is_out_of_memory(error) else 2
+        flag = torch.tensor([code], device="cuda" if self.settings.device.startswith("cuda") else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if error is not None:
+            raise error
+        if flag.item() == 1:
+            raise torch.OutOfMemoryError("out of memory on another tensor-parallel rank while loading its share")
+        if flag.item():
+            raise RuntimeError("another tensor-parallel rank could not load its share (its error is in this log)")
 
     def share_batch(self, ids, mask, max_new_tokens: int):
         """Rank 0, before running a batch: the same batch to every worker. Returns the mask as sent."""
         if self.settings.gpus > 1:
             mask = mask.long()
+            self.in_batch = True
             send_batch(ids, mask, max_new_tokens)
         return mask
 
+    def batch_done(self) -> None:
+        self.in_batch = False
+
+    def own_pids(self) -> frozenset[int]:
+        """The worker processes: part of this measurement, not other work on the GPU."""
+        return frozenset(p.pid for p in self.workers.procs) if self.workers else frozenset()
+
     def stop_ranks(self) -> None:
         if self.workers:
-            self.workers.stop(self.settings.device)
+            self.workers.stop(self.settings.device, clean=not self.in_batch)
             self.workers = None
 
 
@@ -182,11 +236,14 @@ def init(rank: int, world: int, port: int, device: str) -> str:
 
     os.environ.update(MULTICAST_OFF, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from datetime import timedelta
+
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(rank)
+    # 10 minutes to gather every rank (loading comes after): a rank that died before joining fails the job
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, timeout=timedelta(minutes=10))
     return f"cuda:{rank}" if cuda else "cpu"
 
 

@@ -466,16 +466,21 @@ def test_a_load_point_runs_on_until_its_interval_target_or_cap(tmp_path, load):
             spec.update(ci_target_rel=target, max_requests=cap, max_duration_s=60)
             spec["server_entry"] = {"base_url": f"http://127.0.0.1:{port}", "request_model": "m"}
             out = tmp_path / f"{name}.json"
+            t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "run-serving", "--spec",
                                    json.dumps(spec), "--output", str(out), "--server-log", str(tmp_path / "s.log")],
                                   capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stderr
             got[name] = load_result(out)
+            got[name + "_wall_s"] = time.perf_counter() - t
     finally:
         stub.terminate()
         stub.wait()
     loose, tight = got["loose"], got["tight"]
     assert loose["stopping"]["reason"] == "target met" and loose["metrics"]["requests"] == 4
+    # once met, the point ends: an open loop's later scheduled sends (up to 60 s of them) do not keep the
+    # measured phase (telemetry, CPU watch) open
+    assert got["loose_wall_s"] < 40
     assert tight["stopping"]["reason"] == "request cap (max_requests)"
     assert tight["metrics"]["requests"] >= 9 and tight["stopping"]["half_width_rel"] > 1e-9
     assert tight["settings"]["ci_target_rel"] == 1e-9

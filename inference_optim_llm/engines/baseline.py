@@ -46,7 +46,8 @@ class BaselineEngine(tp.Ranks, TorchEngine):
             raise EngineUnavailable("baseline's tensor parallelism (transformers, tp_plan auto) loads weights from "
                                     "files; this synthetic model has none (its weights are drawn at load)")
         self.start_ranks("inference_optim_llm.engines.baseline:BaselineEngine")
-        self.model = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code, tensor_parallel=s.gpus > 1)
+        self.load_share(lambda: setattr(self, "model", load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code,
+                                                                  tensor_parallel=s.gpus > 1)))
         self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
@@ -57,6 +58,7 @@ class BaselineEngine(tp.Ranks, TorchEngine):
         mask = self.share_batch(ids, mask, max_new_tokens)
         out = self.run_batch(ids, mask, max_new_tokens, clock)
         new = out[:, ids.shape[1]:].tolist()  # the host copy synchronizes the device
+        self.batch_done()
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=new, token_times_s=[times] * len(prompts), e2e_s=e2e)

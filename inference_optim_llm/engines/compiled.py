@@ -138,7 +138,9 @@ class CompiledEngine(tp.Ranks, TorchEngine):
 
     def result_fields(self) -> dict:
         """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
-        return {"compile_cache_loaded": self.cache_loaded} if self.settings.max_new_tokens > 1 else {}
+        # The build compiles one process's shapes: a tensor-parallel step compiles in its own job.
+        loaded = self.cache_loaded and self.settings.gpus == 1
+        return {"compile_cache_loaded": loaded} if self.settings.max_new_tokens > 1 else {}
 
     def load(self) -> None:
         s = self.settings
@@ -146,13 +148,11 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         if cfg_type not in SUPPORTED:
             raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
                                     f"{s.model_dir} is {cfg_type!r}")
-        if s.gpus > 1 and self.rank == 0:
-            from transformers import AutoConfig
-            try:
-                tp.check_divisible(AutoConfig.from_pretrained(s.model_dir), s.gpus)
-            except tp.TensorParallelError as e:
-                raise EngineUnavailable(f"tensor parallel: {e}") from None
         self.start_ranks("inference_optim_llm.engines.compiled:CompiledEngine")
+        self.load_share(self._load)
+
+    def _load(self) -> None:
+        s = self.settings
         self.cuda = s.device.startswith("cuda")
         self.private_cache = load_compile_cache(s.artifact_dir)
         self.cache_loaded = self.private_cache is not None
@@ -181,6 +181,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         mask = self.share_batch(ids, mask, max_new_tokens)
         out = self.run_batch(ids, mask, max_new_tokens, clock)
         tokens = out.tolist()                                  # the only host sync of the batch
+        self.batch_done()
         e2e = time.perf_counter() - t0
         times = clock.times_s()
         return BatchOutput(tokens=tokens, token_times_s=[times] * B, e2e_s=e2e)

@@ -81,9 +81,10 @@ class ServingMeasurement:
 def stopping(sent: int, elapsed_s: float, values: list[float], spec, minimum: int) -> dict | None:
     """Before each request beyond the first `minimum`: None to send it, else why the load point stops (pure
     logic). At least `minimum` requests sent and min_duration_s passed; then, with ci_target_rel set, more
-    while the median's 95 % interval over `values` (the finished requests' TPOT) is wider than it, up to
-    max_requests sent and max_duration_s."""
-    from inference_optim_llm.stats import median_ci
+    while the median's 95 % interval over `values` (the finished requests' TPOT; order statistics, cheap to
+    ask often: stats.median_ci_order) is wider than it, up to max_requests sent and max_duration_s. The
+    result's own intervals are the bootstrap's, computed once at the end."""
+    from inference_optim_llm.stats import median_ci_order as median_ci
 
     if sent < minimum or elapsed_s < spec.min_duration_s:
         return None
@@ -91,9 +92,9 @@ def stopping(sent: int, elapsed_s: float, values: list[float], spec, minimum: in
              "target": spec.ci_target_rel or None}
     if spec.ci_target_rel <= 0:
         return {"reason": "requests done", **state}
-    ci = median_ci(values) if len(values) >= 2 else None
-    state["half_width_rel"] = ci["half_width_rel"] if ci else None
-    if ci and ci["half_width_rel"] <= spec.ci_target_rel:
+    ci = median_ci(values)
+    hw = state["half_width_rel"] = ci["half_width_rel"] if ci else None
+    if hw is not None and hw <= spec.ci_target_rel:
         return {"reason": "target met", **state}
     if sent >= spec.max_requests:
         return {"reason": "request cap (max_requests)", **state}
@@ -127,7 +128,9 @@ class _Stopper:
         t = r.token_times_s
         if r.error or not t:
             return None
-        return (t[-1] - t[0]) / (self.n - 1) if self.n > 1 and len(t) > 1 else t[-1]   # TPOT, else E2E
+        if self.n == 1:
+            return t[-1]                                # no TPOT with one token: E2E for every request
+        return (t[-1] - t[0]) / (self.n - 1) if len(t) > 1 else None   # a single-event chunked stream: none
 
     def stop(self, sent: int, done: list[Response]) -> bool:
         if self.decision is None:
@@ -143,14 +146,15 @@ class _Stopper:
     def finish(self, sent: int, done: list[Response]) -> dict:
         """The record, once the open loop's whole schedule went out (its length is the minimum, or the caps)."""
         if self.decision is None:
-            from inference_optim_llm.stats import median_ci
+            from inference_optim_llm.stats import median_ci_order
             values = [v for v in map(self.value, done) if v is not None]
-            ci = median_ci(values) if self.spec.ci_target_rel > 0 and len(values) >= 2 else None
-            met = ci is not None and ci["half_width_rel"] <= self.spec.ci_target_rel
+            ci = median_ci_order(values) if self.spec.ci_target_rel > 0 else None
+            hw = ci["half_width_rel"] if ci else None
+            met = hw is not None and hw <= self.spec.ci_target_rel
             reason = ("requests done" if self.spec.ci_target_rel <= 0 else "target met" if met else
                       "request cap (max_requests)" if sent >= self.spec.max_requests else "time cap (max_duration_s)")
             self.decision = {"reason": reason, "requests_sent": sent, "measured_s": time.perf_counter() - self.t0,
-                             "half_width_rel": ci["half_width_rel"] if ci else None,
+                             "half_width_rel": hw,
                              "target": self.spec.ci_target_rel or None}
         return self.decision
 
@@ -210,13 +214,18 @@ async def _open(client, url, body, n_prompts, times, stopper: _Stopper, timeout_
     only while it has not said enough."""
     t0 = time.perf_counter()
     lags, failed, done = [], [], []
+    stopped = asyncio.Event()   # set once the stopper says enough: the sends still waiting end at once
 
     async def one(k, at):
-        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+        try:
+            await asyncio.wait_for(stopped.wait(), timeout=max(0.0, t0 + at - time.perf_counter()))
+        except asyncio.TimeoutError:
+            pass
         i = (first_index + k) % n_prompts
         if failed:
             return Response(i, time.perf_counter(), error=NOT_SENT)
-        if stopper.stop(k, done):
+        if stopped.is_set() or stopper.stop(k, done):
+            stopped.set()
             return Response(i, time.perf_counter(), error=NOT_NEEDED)
         lags.append(time.perf_counter() - (t0 + at))
         r = await complete(client, url, body(i), i, timeout_s)
