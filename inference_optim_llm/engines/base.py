@@ -66,6 +66,10 @@ class Engine:
     def reset_peak_memory(self) -> None:
         pass
 
+    def own_pids(self) -> frozenset[int]:
+        """Processes of this engine besides this one (tensor-parallel workers): not other work on the GPU."""
+        return frozenset()
+
     def result_fields(self) -> dict:
         """The engine's own fields for its result (after measuring), each declared with a JSON schema under
         `result_fields` in its registry entry; results.add_engine_fields checks them."""

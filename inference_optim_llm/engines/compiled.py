@@ -45,8 +45,7 @@ class FusedLlama(torch.nn.Module):
         super().__init__()
         cfg = hf_model.config
         m = hf_model.model
-        self.world = world
-        tp.check_divisible(cfg, world)
+        self.world = world             # the split was checked before any rank started (tp.Ranks.start_ranks)
         self.n_heads = cfg.num_attention_heads // world      # this rank's heads (all of them with one rank)
         self.n_kv = cfg.num_key_value_heads // world
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

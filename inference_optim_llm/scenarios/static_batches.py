@@ -92,8 +92,7 @@ def measure(engine, spec, ps: PromptSet) -> Measurement:
     requests, batch_rows = [], []
     first_outputs: dict[int, list[int]] = {}
     engine.reset_peak_memory()
-    own = engine.own_pids() if hasattr(engine, "own_pids") else frozenset()   # tensor-parallel workers
-    with NvmlSampler(interval_s=spec.telemetry_interval_s, idle=idle, own_pids=own) as sampler, CpuWatch() as cpu:
+    with NvmlSampler(interval_s=spec.telemetry_interval_s, idle=idle, own_pids=engine.own_pids()) as sampler, CpuWatch() as cpu:
         check_busy(sampler.busy_at_start, spec.refuse_busy_gpu)
         t0 = time.perf_counter()
         rep = 0
