@@ -97,6 +97,23 @@ trust-job)
   trust_run a; trust_run b
   python3 -m inference_optim_llm compare results/trust/a results/trust/b --output results/trust/compare.md
   date -u +%FT%TZ > $STATE/trust-end ;;
+x2)   # issue 14, on nvidia-h200-x2: config/gpu-x2.yaml; carry .whl .carry/models
+  for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=index,name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
+  nvidia-smi topo -m > "$STATE/topo.txt" 2>&1
+  date -u +%FT%TZ > $STATE/x2-start
+  # --cores 8 (each job takes 8 threads): one job at a time. `gpu=2` alone would let two 1-GPU jobs run
+  # side by side, both on GPU 0 (a job with gpus 1 uses `cuda`, the first visible GPU).
+  setsid nohup python3 -m snakemake --cores 8 --resources gpu=2 --configfile config/gpu-x2.yaml --keep-going \
+    --scheduler greedy > "$STATE/x2.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow "${2:-560}"
+  pack x2 ;;
+x2-wait)
+  follow "${2:-560}"
+  running || date -u +%FT%TZ > $STATE/x2-end
+  tail -40 $STATE/x2.log
+  pack x2 ;;
 trust-wait)
   follow "${2:-560}"
   tail -40 $STATE/trust.log

@@ -320,22 +320,19 @@ def is_synthetic(model_dir: Path) -> bool:
 
 def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool = False,
                tensor_parallel: bool = False):
-    """Load a materialised model onto the device, eval mode. Synthetic weights are drawn there, seeded.
+    """Load a materialised model onto the device, eval mode. Synthetic weights are drawn there
+    (synthetic_model).
     tensor_parallel: this process's share only, by transformers' own plan (tp_plan "auto"; the process
     group is up: tp.init), on this rank's device.
     trust_remote_code comes from the configuration of the run that loads the model, never from a file
     in the model directory (which may be linked to, or shared with, another workflow)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     torch_dtype = getattr(torch, dtype)
     if is_synthetic(model_dir):
-        seed = json.loads((model_dir / SYNTHETIC_MARKER).read_text())["init_seed"]
-        config = AutoConfig.from_pretrained(model_dir)
-        torch.manual_seed(seed)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model = synthetic_model(model_dir, device, dtype, tensor_parallel)
     elif tensor_parallel:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, tp_plan="auto",
                                                      trust_remote_code=trust_remote_code)
@@ -347,6 +344,131 @@ def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool
     # EOS never stops a benchmark request: every request generates exactly max_new_tokens.
     model.generation_config.eos_token_id = None
     return model
+
+
+def synthetic_draw(model_dir: Path, name: str, shape, dtype: str, device: str):
+    """One weight of a synthetic model, whole: ones for a norm (1-D), else normal(0, initializer_range)
+    drawn from a generator seeded by the model's init_seed and the weight's name. Every engine, every
+    tensor-parallel rank and degree draws the same tensor (on the same kind of device: CPU and CUDA
+    generators differ), and a rank keeps its share of it: no process ever holds the whole model."""
+    import torch
+
+    model_dir = Path(model_dir)
+    seed = json.loads((model_dir / SYNTHETIC_MARKER).read_text())["init_seed"]
+    t = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=device)
+    if len(t.shape) == 1:
+        return t.fill_(1.0)
+    std = json.loads((model_dir / "config.json").read_text()).get("initializer_range", 0.02)
+    g = torch.Generator(device=t.device)
+    g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1)
+    return t.normal_(0.0, std, generator=g)
+
+
+def synthetic_model(model_dir: Path, device: str, dtype: str, tensor_parallel: bool = False):
+    """The transformers model of a synthetic directory, its weights drawn on the device (synthetic_draw).
+    tensor_parallel: the steps of transformers' from_pretrained(tp_plan="auto") (the model made on the meta
+    device, then distributed by its plan), and each parameter's share filled from the draw where
+    from_pretrained would read it from a file."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    mesh = None
+    if tensor_parallel:
+        from transformers import DistributedConfig
+        import torch.distributed as dist
+        cls = type(model)
+        if config.tie_word_embeddings:   # the head gets its own (equal) draw: the plan shards it, not the embedding
+            head = model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        dcfg, _, mesh = cls.prepare_distribute_model(DistributedConfig(tp_size=dist.get_world_size()), device_map=None)
+        model = cls.maybe_distribute_model(model, dcfg, mesh)
+        device = f"cuda:{dist.get_rank()}" if device.startswith("cuda") else device
+    filled = {}                        # tied weights (one parameter under two names) are drawn once
+    for full_name, param in list(model.named_parameters(remove_duplicate=False)):
+        owner_name, _, leaf = full_name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if id(param) not in filled:
+            draw = "model.embed_tokens.weight" if config.tie_word_embeddings and full_name == "lm_head.weight" else full_name
+            filled[id(param)] = torch.nn.Parameter(_share(model_dir, draw, param, dtype, device),
+                                                   requires_grad=False)
+        owner._parameters[leaf] = filled[id(param)]
+    # Buffers computed at construction (the rotary embedding's frequencies) were made on the meta device.
+    for name, module in model.named_modules():
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            if not type(module).__name__.endswith("RotaryEmbedding"):
+                raise ModelSourceError(f"synthetic model {model_dir}: buffer of {name} not initialised")
+            with torch.device(device):
+                model.set_submodule(name, type(module)(config=config))
+    return model
+
+
+def _share(model_dir: Path, name: str, param, dtype: str, device: str):
+    """This process's part of one parameter: the whole draw, or, for a DTensor of a tensor-parallel model,
+    its local shard of the draw (the placements say which), as a DTensor."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    full = synthetic_draw(model_dir, name, param.shape, dtype, device)
+    if not isinstance(param, DTensor):
+        return full
+    mesh = param.device_mesh
+    local = full
+    for placement in param.placements:
+        if isinstance(placement, Shard):
+            local = local.chunk(mesh.size(), dim=placement.dim)[mesh.get_local_rank()]
+        elif not isinstance(placement, Replicate):
+            raise ModelSourceError(f"synthetic model {model_dir}: {name} has placement {placement}, "
+                                   "which this loader does not fill")
+    local = local.contiguous() if local is full else local.clone()
+    del full
+    return DTensor.from_local(local, mesh, param.placements, run_check=False, shape=param.shape,
+                              stride=param.stride())
+
+
+def weights(model_dir: Path, device: str, dtype: str, trust_remote_code: bool = False):
+    """get(name): one whole weight of the model (its transformers name, the head's through the embedding
+    when they are tied), on the device in dtype, read one at a time: from the safetensors files (never the
+    whole model in memory), drawn for a synthetic model, else from the model loaded on the CPU."""
+    import torch
+
+    model_dir = Path(model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tied = cfg.get("tie_word_embeddings", False)
+
+    def alias(name):
+        return "model.embed_tokens.weight" if tied and name == "lm_head.weight" else name
+
+    if is_synthetic(model_dir):
+        from transformers import AutoConfig
+        meta = synthetic_shapes(AutoConfig.from_pretrained(model_dir))
+        return lambda name: synthetic_draw(model_dir, alias(name), meta[alias(name)], dtype, device)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        from safetensors import safe_open
+        where = {}
+        for f in files:
+            with safe_open(f, framework="pt") as h:
+                where.update(dict.fromkeys(h.keys(), f))
+
+        def get(name):
+            name = alias(name) if alias(name) in where else name
+            with safe_open(where[name], framework="pt", device=str(device)) as h:
+                return h.get_tensor(name).to(getattr(torch, dtype))
+        return get
+    state = load_model(model_dir, "cpu", dtype, trust_remote_code).state_dict()
+    return lambda name: state[alias(name)].to(device)
+
+
+def synthetic_shapes(config) -> dict:
+    """{parameter name: shape} of a model made from config, without allocating it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):

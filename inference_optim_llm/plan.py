@@ -138,7 +138,12 @@ class Plan:
         return asdict(spec)
 
     def reference_spec(self, model, prompt_set) -> dict:
-        return self.bench_spec(model, "baseline", prompt_set, 1, reference=False)
+        return self.bench_spec(model, "baseline", prompt_set, 1, self.reference_gpus(model), reference=False)
+
+    def reference_gpus(self, model) -> int:
+        """The reference (baseline, batch 1) runs on the fewest GPUs any cell of the model uses: a model that
+        the matrix runs only on several GPUs (70B shapes) would not fit on one."""
+        return min((c[4] for c in self.cells() if c[0] == model), default=1)
 
     def build_spec(self, model, engine) -> dict:
         """What changes the artifact: the model, the shapes the matrix uses with it, dtype, device, options,
@@ -147,7 +152,8 @@ class Plan:
         b = self.bench
         spec = {
             "model_dir": model_path(model),
-            "batch_sizes": sorted({c[3] for c in mine}),
+            # One process's shapes: a tensor-parallel job compiles its own step (compiled.result_fields).
+            "batch_sizes": sorted({c[3] for c in mine if c[4] == 1}),
             "prompt_sets": {p: self.config["prompt_sets"][p] for p in sorted({c[2] for c in mine})},
             "max_new_tokens": b["max_new_tokens"], "seed": b["seed"], "device": b["device"], "dtype": b["dtype"],
             "engine_options": self.engine_options(engine), "strict": b["strict"],

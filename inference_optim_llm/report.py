@@ -97,6 +97,7 @@ def row(result: dict, path: Path) -> dict:
         "first_divergence": agreement.get("first_divergence"),
         "bandwidth_fraction": bw.get("fraction_of_measured"),
         "datasheet_fraction": _datasheet_fraction(bw, prov.get("gpu_name"), t.get("gpus", 1)),
+        "collective_share": (result.get("collectives") or {}).get("share"),
         "verdict": (result.get("verdict") or {}).get("status"),
         "verdict_reasons": "; ".join((result.get("verdict") or {}).get("reasons") or []) or None,
         "verdict_notes": "; ".join((result.get("verdict") or {}).get("notes") or []) or None,
@@ -225,7 +226,7 @@ def cell_table(g) -> str:
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.gpus, r.status.upper()] + [""] * 14)
+            rows.append([r.engine, r.batch_size, r.gpus, r.status.upper()] + [""] * 15)
             continue
         rows.append([r.engine, r.batch_size, r.gpus, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
                      _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
@@ -234,10 +235,11 @@ def cell_table(g) -> str:
                      _speedup(r.speedup_vs_baseline, r.speedup_hw),
                      _fmt(r.exact_match_rate, 2), _split(r.exact_match_rate, r.first_divergence),
                      _percent(r.bandwidth_fraction), _percent(r.datasheet_fraction),
+                     _percent(r.collective_share) if r.gpus > 1 else "",
                      r.verdict if isinstance(r.verdict, str) else "n/a"])
     headers = ["engine", "batch", "gpus", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
-               "first split", "of bandwidth", "of datasheet", "verdict"]
+               "first split", "of bandwidth", "of datasheet", "in collectives", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

@@ -214,7 +214,39 @@ class Ranks:
             mask = mask.long()
             self.in_batch = True
             send_batch(ids, mask, max_new_tokens)
+            self.last_batch = (ids, mask, max_new_tokens)
         return mask
+
+    def collective_fields(self) -> dict:
+        """Rank 0, after measuring (telemetry closed): the share of a batch's GPU time in collectives, from
+        one more run of the last batch under torch.profiler (every rank runs it; rank 0's kernels are read).
+        {} with one process; null with the reason where kernels cannot be read (the CPU)."""
+        if self.settings.gpus == 1:
+            return {}
+        if not self.settings.device.startswith("cuda") or not hasattr(self, "last_batch"):
+            return {"collectives": {"share": None, "reason": "measured from CUDA kernel times (none on the CPU)"}}
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from torch.profiler import ProfilerActivity, profile
+        ids, mask, n = self.last_batch
+        try:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                self.share_batch(ids, mask, n)
+                self.run_batch(ids, mask, n)
+                torch.cuda.synchronize()
+                self.batch_done()
+            with tempfile.TemporaryDirectory() as d:
+                prof.export_chrome_trace(str(Path(d) / "trace.json"))
+                events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
+        except Exception as e:   # noqa: BLE001 (the measured result is kept; this figure is null, with why)
+            return {"collectives": {"share": None, "reason": f"profiling failed: {type(e).__name__}: {str(e)[:200]}"}}
+        kernels = [(e["name"], e["ts"], e["dur"]) for e in events if e.get("cat") == "kernel" and "dur" in e]
+        return {"collectives": {**collective_share(kernels), "batch_size": int(ids.shape[0]), "new_tokens": n,
+                                "method": "torch.profiler over one batch after the timed ones, rank 0's kernels: "
+                                          "NCCL kernel time over the span from the first kernel's start to the "
+                                          "last one's end (prefill included)"}}
 
     def batch_done(self) -> None:
         self.in_batch = False
@@ -227,6 +259,19 @@ class Ranks:
         if self.workers:
             self.workers.stop(self.settings.device, clean=not self.in_batch)
             self.workers = None
+
+
+def collective_share(kernels: list[tuple[str, float, float]]) -> dict:
+    """Pure logic. kernels: (name, start us, duration us) of one batch on one GPU. The collectives' (NCCL's)
+    share of the span from the first kernel's start to the last one's end, and their time per batch."""
+    if not kernels:
+        return {"share": None, "reason": "the profiler saw no kernels"}
+    span = max(t + d for _, t, d in kernels) - min(t for _, t, _ in kernels)
+    nccl = [d for name, _, d in kernels if "nccl" in name.lower()]
+    if not nccl:
+        return {"share": None, "reason": "the profiler saw no NCCL kernel (kernels in CUDA graphs not traced?)"}
+    return {"share": sum(nccl) / span, "collective_ms": sum(nccl) / 1e3, "span_ms": span / 1e3,
+            "collective_kernels": len(nccl), "kernels": len(kernels)}
 
 
 def init(rank: int, world: int, port: int, device: str) -> str:

@@ -32,8 +32,14 @@ _KV_OPTIONS = {
     "enable_block_reuse": {"type": "boolean"},
 }
 
+# The share of a tensor-parallel batch spent in collectives (tp.Ranks.collective_fields), gpus > 1 only.
+_COLLECTIVES = {"collectives": {
+    "type": "object", "required": ["share"],
+    "properties": {"share": {"type": ["number", "null"], "minimum": 0, "maximum": 1}, "reason": {"type": "string"}}}}
+
 ENGINES: dict[str, dict] = {
-    "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}, "tensor_parallel": True},
+    "baseline": {"cls": "inference_optim_llm.engines.baseline:BaselineEngine", "options": {}, "tensor_parallel": True,
+                 "result_fields": _COLLECTIVES},
     "compiled": {
         "cls": "inference_optim_llm.engines.compiled:CompiledEngine",
         "options": {
@@ -43,7 +49,7 @@ ENGINES: dict[str, dict] = {
         },
         "build": "inference_optim_llm.build:build_compiled",
         "build_key": "inference_optim_llm.build:compiled_build_key",
-        "result_fields": {"compile_cache_loaded": {"type": "boolean"}},
+        "result_fields": {"compile_cache_loaded": {"type": "boolean"}, **_COLLECTIVES},
         "tensor_parallel": True,
     },
     "trtllm": {

@@ -1,7 +1,7 @@
 """baseline: transformers `generate`, eager, dynamic KV cache. The reference every engine is compared to.
 With `gpus` N > 1: transformers' own tensor parallelism (`from_pretrained(..., tp_plan="auto")`) over N
-processes started as the compiled engine's are (tp.py); it loads weights from files, so a synthetic model
-(weights drawn at load) is unavailable there."""
+processes started as the compiled engine's are (tp.py). A synthetic model goes through the same plan, each
+rank's shares drawn where transformers would read them from files (models.synthetic_model)."""
 from __future__ import annotations
 
 import time
@@ -10,9 +10,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from inference_optim_llm import tp
-from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
+from inference_optim_llm.engines.base import BatchOutput, TorchEngine
 from inference_optim_llm.engines.timing import TokenClock
-from inference_optim_llm.models import is_synthetic, load_model, load_tokenizer
+from inference_optim_llm.models import load_model, load_tokenizer
 
 
 class _StampEachStep(LogitsProcessor):
@@ -42,9 +42,6 @@ class BaselineEngine(tp.Ranks, TorchEngine):
 
     def load(self) -> None:
         s = self.settings
-        if s.gpus > 1 and is_synthetic(s.model_dir):
-            raise EngineUnavailable("baseline's tensor parallelism (transformers, tp_plan auto) loads weights from "
-                                    "files; this synthetic model has none (its weights are drawn at load)")
         self.start_ranks("inference_optim_llm.engines.baseline:BaselineEngine")
         self.load_share(lambda: setattr(self, "model", load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code,
                                                                   tensor_parallel=s.gpus > 1)))
@@ -72,6 +69,9 @@ class BaselineEngine(tp.Ranks, TorchEngine):
                 min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=self.pad_id,
                 logits_processor=LogitsProcessorList([_StampEachStep(clock)]) if stamp else None,
                 top_k=None, top_p=None, temperature=None)
+
+    def result_fields(self) -> dict:
+        return self.collective_fields()
 
     def close(self) -> None:
         self.stop_ranks()

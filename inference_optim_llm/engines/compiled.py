@@ -1,7 +1,7 @@
 """compiled: the project's own decode loop over the transformers model, in the manner of gpt-fast.
 
-- The transformers model supplies the weights, the config and its rotary embedding; the forward pass
-  below is ours, short enough to read at once: q/k/v and gate/up projections fused into one matmul
+- The weights are read one by one (models.weights: from the safetensors files, or drawn for a synthetic
+  model); transformers supplies the config and the rotary embedding; the forward pass below is ours, short enough to read at once: q/k/v and gate/up projections fused into one matmul
   each, a static KV cache, greedy argmax on the device.
 - The decode step is compiled with torch.compile; on CUDA with mode="reduce-overhead", so it is
   replayed as a CUDA graph. Tokens go into a preallocated buffer; nothing is copied to the host until
@@ -27,7 +27,7 @@ from inference_optim_llm import tp
 from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.baseline import pad_left
 from inference_optim_llm.engines.timing import TokenClock
-from inference_optim_llm.models import load_model, load_tokenizer
+from inference_optim_llm.models import load_tokenizer, weights
 
 SUPPORTED = {"llama"}
 INDUCTOR_DIR = "inductor-cache"   # inside build_engine's artifact directory
@@ -39,38 +39,37 @@ def cache_len(max_input_len: int, max_new_tokens: int) -> int:
 
 
 class FusedLlama(torch.nn.Module):
-    """Llama forward over a transformers model's weights, with a static KV cache."""
+    """Llama forward over a model's weights, with a static KV cache. `get(name)` gives one whole weight by
+    its transformers name (models.weights): each is cut to this rank's share as it arrives, so no process
+    holds more than its share and one layer's weights."""
 
-    def __init__(self, hf_model, batch_size: int, max_len: int, rank: int = 0, world: int = 1):
+    def __init__(self, cfg, get, batch_size: int, max_len: int, device: str, rank: int = 0, world: int = 1):
         super().__init__()
-        cfg = hf_model.config
-        m = hf_model.model
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
         self.world = world             # the split was checked before any rank started (tp.Ranks.start_ranks)
         self.n_heads = cfg.num_attention_heads // world      # this rank's heads (all of them with one rank)
         self.n_kv = cfg.num_key_value_heads // world
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.embed = m.embed_tokens.weight
-        self.rotary = m.rotary_emb
-        self.final_norm = m.norm.weight
-        self.lm_head = hf_model.lm_head.weight
-        dtype, device = self.embed.dtype, self.embed.device
+        self.embed = get("model.embed_tokens.weight")
+        with torch.device(device):
+            self.rotary = LlamaRotaryEmbedding(config=cfg)
+        self.final_norm = get("model.norm.weight")
+        self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight")
+        dtype = self.embed.dtype
         self.layers = []
-        for layer in m.layers:
-            a, mlp = layer.self_attn, layer.mlp
+        for i in range(cfg.num_hidden_layers):
+            def w(name):
+                return get(f"model.layers.{i}.{name}.weight")
             self.layers.append(tp.shard_layer(dict(
-                norm1=layer.input_layernorm.weight,
-                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
-                wo=a.o_proj.weight,
-                norm2=layer.post_attention_layernorm.weight,
-                wgu=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                wd=mlp.down_proj.weight,
+                norm1=w("input_layernorm"),
+                wqkv=torch.cat([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")]),
+                wo=w("self_attn.o_proj"),
+                norm2=w("post_attention_layernorm"),
+                wgu=torch.cat([w("mlp.gate_proj"), w("mlp.up_proj")]),
+                wd=w("mlp.down_proj"),
             ), cfg.num_attention_heads, cfg.num_key_value_heads, self.head_dim, rank, world))
-            for name in ("q_proj", "k_proj", "v_proj"):   # keep one copy of the weights (this rank's share)
-                setattr(a, name, None)
-            mlp.gate_proj = mlp.up_proj = None
-            if world > 1:
-                a.o_proj = mlp.down_proj = None
         shape = (batch_size, self.n_kv, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
@@ -139,7 +138,8 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
         # The build compiles one process's shapes: a tensor-parallel step compiles in its own job.
         loaded = self.cache_loaded and self.settings.gpus == 1
-        return {"compile_cache_loaded": loaded} if self.settings.max_new_tokens > 1 else {}
+        own = {"compile_cache_loaded": loaded} if self.settings.max_new_tokens > 1 else {}
+        return {**own, **self.collective_fields()}
 
     def load(self) -> None:
         s = self.settings
@@ -157,10 +157,12 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         self.cache_loaded = self.private_cache is not None
         configure_inductor(s.device, s.options)
         self.pad_id = load_tokenizer(s.model_dir, s.trust_remote_code).pad_token_id
-        hf = load_model(s.model_dir, s.device, s.dtype, s.trust_remote_code)
+        from transformers import AutoConfig
+        cfg = AutoConfig.from_pretrained(s.model_dir, trust_remote_code=s.trust_remote_code)
+        device = f"cuda:{torch.cuda.current_device()}" if self.cuda else s.device   # this rank's GPU
+        get = weights(s.model_dir, device, s.dtype, s.trust_remote_code)
         self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens))
-        self.net = FusedLlama(hf, s.max_batch_size, self.max_len, self.rank, s.gpus)
-        self.hf = hf
+        self.net = FusedLlama(cfg, get, s.max_batch_size, self.max_len, device, self.rank, s.gpus)
         mode = s.options.get("mode", "reduce-overhead" if self.cuda else "default")
         self.step = torch.compile(self.net, mode=mode, fullgraph=True, dynamic=False)
 
@@ -209,7 +211,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
 
     def close(self) -> None:
         self.stop_ranks()
-        for name in ("step", "net", "hf"):   # close() also runs after a failed load
+        for name in ("step", "net"):   # close() also runs after a failed load
             self.__dict__.pop(name, None)
         if getattr(self, "private_cache", None) is not None:
             import shutil

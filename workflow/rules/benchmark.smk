@@ -39,7 +39,7 @@ rule reference_tokens:
         spec=reference_spec,
     threads: BENCH["threads"]
     resources:
-        gpu=1,
+        gpu=reference_gpus_wanted,
     script:
         "../scripts/reference_tokens.py"
 

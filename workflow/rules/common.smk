@@ -75,6 +75,10 @@ def gpus_wanted(wildcards):
     return gpus_of(wildcards.tp)
 
 
+def reference_gpus_wanted(wildcards):
+    return PLAN.reference_gpus(wildcards.model)
+
+
 def serve_spec(wildcards):
     return PLAN.serve_spec(wildcards.model, wildcards.server, wildcards.prompt_set, wildcards.load)
 
