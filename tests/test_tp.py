@@ -187,3 +187,20 @@ def test_collective_share_is_nccl_time_over_the_span():
     assert got["share"] == 0.2 and got["collective_kernels"] == 2 and got["span_ms"] == 0.1
     assert tp.collective_share(kernels[:1])["share"] is None and "no NCCL kernel" in tp.collective_share(kernels[:1])["reason"]
     assert tp.collective_share([])["share"] is None
+
+
+def test_a_model_run_only_on_two_gpus_has_its_reference_and_build_there():
+    """config/gpu-x2.yaml (the 2-GPU run): the 70B model's reference runs on 2 GPUs (it fits on no single one),
+    the 8B model's on 1; compiled's build compiles only 1-GPU shapes (none for 70B: a valid build)."""
+    import yaml
+    from snakemake.utils import validate
+
+    from inference_optim_llm.bounds import CONFIG_SCHEMA
+    from inference_optim_llm.plan import Plan
+    config = yaml.safe_load((REPO / "config" / "gpu-x2.yaml").read_text())
+    validate(config, str(CONFIG_SCHEMA))
+    plan = Plan(config)
+    assert plan.reference_spec("llama-70b", "tok64")["gpus"] == 2
+    assert plan.reference_spec("llama-8b", "tok64")["gpus"] == 1
+    assert plan.build_spec("llama-70b", "compiled")["batch_sizes"] == []
+    assert plan.build_spec("llama-8b", "compiled")["batch_sizes"] == [1, 16]
