@@ -1,0 +1,98 @@
+"""The GEMV floor of a decode step (issue 15), measured the way the compiled engine's step reads its weights.
+
+Every weight matrix of a model's shapes (the LM head included, the input embedding excluded: a step reads one
+row of it), in the compiled engine's fused layout (q/k/v as one matrix, gate/up as one), is read once by a
+chain of batch-B `F.linear` calls; on CUDA the chain is captured in one CUDA graph and its replay timed
+between two events (median of `--repeats`). No engine built from torch's GEMV kernels can read the weights
+faster than this, so `compiled`'s TPOT over this time says how close its step is to what its kernels allow;
+against `calibrate`'s bandwidth it says what the kernels themselves reach. Weights are random (their values
+do not change a GEMV's time).
+
+    python benchmarks/gemv_floor.py --preset llama-3.1-8b [--batch 1] [--tpot-ms 4.97] > floor.json
+    python benchmarks/gemv_floor.py --preset llama-tiny --device cpu   # checks the script, times nothing useful
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def matrices(shape: dict) -> list[tuple[int, int]]:
+    """(out, in) of every matrix a decode step multiplies by, in the compiled engine's fused layout."""
+    h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    hd = shape.get("head_dim") or h // shape["num_attention_heads"]
+    q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
+    per_layer = [(q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter)]
+    return per_layer * layers + [(shape["vocab_size"], h)]
+
+
+def measure(shape: dict, batch: int, dtype: torch.dtype, device: str, repeats: int) -> dict:
+    ws = [torch.randn(o, i, dtype=dtype, device=device) * 0.02 for o, i in matrices(shape)]
+    # One input per input width (hidden, attention output, MLP inner): each product reads its weight once.
+    inputs = {i: torch.randn(batch, i, dtype=dtype, device=device) for _, i in matrices(shape)}
+
+    def chain():
+        return [F.linear(inputs[w.shape[1]], w) for w in ws]
+
+    times = []
+    if device.startswith("cuda"):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):      # warm-up off the capture stream, as CUDA graphs require
+            for _ in range(3):
+                chain()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = chain()   # noqa: F841 (the graph's outputs stay alive with it)
+        for _ in range(3):
+            graph.replay()
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            graph.replay()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+    else:
+        chain()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            chain()
+            times.append(time.perf_counter() - t)
+    weight_bytes = sum(w.numel() * w.element_size() for w in ws)
+    floor_s = statistics.median(times)
+    return {"matrices": len(ws), "weight_bytes": weight_bytes, "floor_ms": floor_s * 1e3,
+            "floor_gb_s": weight_bytes / floor_s / 1e9, "spread_ms": [min(times) * 1e3, max(times) * 1e3],
+            "repeats": repeats, "cuda_graph": device.startswith("cuda")}
+
+
+def main(argv=None) -> int:
+    from inference_optim_llm.models import SYNTHETIC_PRESETS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", required=True, choices=sorted(SYNTHETIC_PRESETS))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--tpot-ms", type=float, help="compiled's TPOT of the same shape and batch: its share of the floor")
+    a = ap.parse_args(argv)
+    result = {"preset": a.preset, "batch": a.batch, "dtype": a.dtype, "device": a.device,
+              "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
+              "torch": torch.__version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              **measure(SYNTHETIC_PRESETS[a.preset], a.batch, getattr(torch, a.dtype), a.device, a.repeats)}
+    if a.tpot_ms:
+        result["tpot_ms"] = a.tpot_ms
+        result["step_share_of_floor"] = result["floor_ms"] / a.tpot_ms   # 1.0: the step is the floor
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
