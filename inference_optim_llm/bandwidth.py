@@ -72,17 +72,22 @@ def datasheet_bandwidth(gpu_name: str | None) -> tuple[float | None, str | None]
     return None, f"{gpu_name} is not in the datasheet table (bandwidth.DATASHEET_GB_S)"
 
 
-def weight_bytes(model: dict, dtype: str) -> int | None:
+def weight_bytes(model: dict, dtype: str, weights: str = "default") -> int | None:
     """Bytes of weights read per decode step, from a llama-family config: every layer's matrices and
-    norms, the final norm and the LM head. The input embedding reads only one row per sequence."""
+    norms, the final norm and the LM head. The input embedding reads only one row per sequence.
+    weights fp8: the matrices and the LM head one byte each, plus their float32 scales (one per output row)."""
     needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "vocab_size")
     if model.get("model_type") != "llama" or any(model.get(k) is None for k in needed):
         return None
     H, L, nh, nkv, I, V = (model[k] for k in needed)
     hd = H // nh
-    per_layer = H * nh * hd + 2 * H * nkv * hd + nh * hd * H + 3 * H * I + 2 * H
-    return (L * per_layer + H + V * H) * DTYPE_BYTES[dtype]
+    matrices = L * (H * nh * hd + 2 * H * nkv * hd + nh * hd * H + 3 * H * I) + V * H
+    norms = L * 2 * H + H
+    if weights == "fp8":
+        rows = L * (nh * hd + 2 * nkv * hd + H + 2 * I + H) + V
+        return matrices + 4 * rows + norms * DTYPE_BYTES[dtype]
+    return (matrices + norms) * DTYPE_BYTES[dtype]
 
 
 def kv_bytes_per_token(model: dict, dtype: str) -> int | None:
@@ -95,11 +100,11 @@ def kv_bytes_per_token(model: dict, dtype: str) -> int | None:
 
 def decode_bandwidth(model: dict, dtype: str, batch_size: int, prompt_tokens_mean: float,
                      max_new_tokens: int, tpot_s: float | None, calibration: dict | None,
-                     gpu_name: str | None, gpus: int = 1) -> dict:
+                     gpu_name: str | None, gpus: int = 1, weights: str = "default") -> dict:
     """Achieved decode bandwidth and its fraction of the measured one. Figures that cannot be
     computed are None, with the reason. With `gpus` N (tensor parallel) the limit is N x one GPU's (the
     weights and the cache are split over N memories; the replicated embedding and LM head are counted once)."""
-    w = weight_bytes(model, dtype)
+    w = weight_bytes(model, dtype, weights)
     kv = kv_bytes_per_token(model, dtype)
     out = {"weight_bytes": w, "kv_bytes_per_step": None, "bytes_per_step": None, "achieved_gb_s": None,
            "measured_gb_s": None, "fraction_of_measured": None, "reason": None,

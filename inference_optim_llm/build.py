@@ -49,7 +49,8 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
     tok = load_tokenizer(Path(spec["model_dir"]), spec.get("trust_remote_code", False))
     shapes = {}
     for batch, longest in compiled_shapes(spec, tok):
-        shapes.setdefault((batch, cache_len(longest, spec["max_new_tokens"])), longest)
+        prefill = spec.get("engine_options", {}).get("prefill", "eager")
+        shapes.setdefault((batch, cache_len(longest, spec["max_new_tokens"], prefill)), longest)
     cache_dir = str(Path(out_dir).resolve() / INDUCTOR_DIR)
     spawn = multiprocessing.get_context("spawn")   # a fresh interpreter per shape, as a benchmark job is
     running: set = set()

@@ -122,7 +122,7 @@ def cmd_run(a) -> int:
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(a.prompts_file).stem).lstrip("._-")
     spec = BenchSpec(model=a.model_name, model_dir=str(model_dir), engine=a.engine,
                      prompt_set=stem[:64] or "prompts", prompt_spec={"file": a.prompts_file},
-                     batch_size=a.batch_size, gpus=a.gpus, max_new_tokens=a.max_new_tokens, repetitions=a.repetitions,
+                     batch_size=a.batch_size, gpus=a.gpus, weights=a.weights, max_new_tokens=a.max_new_tokens, repetitions=a.repetitions,
                      warmup=a.warmup, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict,
                      trust_remote_code=a.trust_remote_code)
     result = stages.run_benchmark(spec, a.save_result, a.save_json, flags=("--save-result", "--save-json"))
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=200, help="tokens generated per request, exactly")
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--gpus", type=int, default=1, help="tensor-parallel degree: processes, one GPU each (compiled)")
+    r.add_argument("--weights", default="default", choices=["default", "fp8"],
+                   help="weight storage: default (the dtype) or fp8 (e4m3, one scale per output channel; compiled)")
     r.add_argument("--save-json", help="per-request records, JSON lines (the seed's format)")
     r.add_argument("--save-result", help="the full result, JSON (inference_optim_llm/schemas/result.schema.json)")
     r.add_argument("--model-name", default="smollm2-135m")

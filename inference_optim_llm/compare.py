@@ -37,7 +37,8 @@ def load_run(root: Path) -> dict[tuple, dict]:
         if r.get("scenario") == "serving":
             key = ("serving", t["model"], t["server"], t["prompt_set"], t["load"])
         else:
-            key = ("static", t["model"], t["engine"], t["prompt_set"], t["batch_size"], t.get("gpus", 1))
+            key = ("static", t["model"], t["engine"], t["prompt_set"], t["batch_size"], t.get("gpus", 1),
+                   t.get("weights", "default"))
         cells[key] = r
     if not cells:
         raise CompareError(f"{root}: no result files found")
@@ -47,6 +48,7 @@ def load_run(root: Path) -> dict[tuple, dict]:
 def _name(key: tuple) -> str:
     """model / engine / prompt set / batch (/ tpN above one GPU), or model / server / prompt set / load."""
     parts = [str(k) for k in key[1:5]] + ([f"tp{key[5]}"] if len(key) > 5 and key[5] > 1 else [])
+    parts += [key[6]] if len(key) > 6 and key[6] != "default" else []
     return " / ".join(parts)
 
 

@@ -30,8 +30,17 @@ def gpus_of(suffix: str) -> int:
     return int(suffix[3:]) if suffix else 1
 
 
-def result_path(model, engine, prompt_set, batch, gpus=1) -> str:
-    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp_suffix(gpus)}.json"
+def weights_suffix(weights) -> str:
+    """The weight storage in a result's file name: none for default, -fp8 (bs4-fp8.json, bs4-tp2-fp8.json)."""
+    return "" if weights == "default" else f"-{weights}"
+
+
+def weights_of(suffix: str) -> str:
+    return suffix[1:] if suffix else "default"
+
+
+def result_path(model, engine, prompt_set, batch, gpus=1, weights="default") -> str:
+    return f"results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp_suffix(gpus)}{weights_suffix(weights)}.json"
 
 
 def reference_path(model, prompt_set) -> str:
@@ -66,13 +75,13 @@ class Plan:
 
     @cache  # noqa: B019 (one Plan per workflow)
     def cells(self) -> list[tuple]:
-        """Every (model, engine, prompt_set, batch_size, gpus) of the matrix, once, in config order; only the
-        engines that the optional `engines` key names."""
+        """Every (model, engine, prompt_set, batch_size, gpus, weights) of the matrix, once, in config order;
+        only the engines that the optional `engines` key names."""
         only = self.config.get("engines")
         seen = {}
         for block in self.config["matrix"]:
             for cell in product(block["models"], block["engines"], block["prompt_sets"], block["batch_sizes"],
-                                block.get("gpus", [1])):
+                                block.get("gpus", [1]), block.get("weights", ["default"])):
                 if only is None or cell[1] in only:
                     seen.setdefault(cell, None)
         return list(seen)
@@ -96,7 +105,7 @@ class Plan:
         """One engine's cells; an engine absent from the (selected) matrix gets the matrix's cells, so that
         `snakemake trtllm` on any config shows what that engine does (or why it cannot run)."""
         mine = [c for c in self.cells() if c[1] == engine]
-        return mine or sorted({(m, engine, p, b, g) for m, _, p, b, g in self.cells()})
+        return mine or sorted({(m, engine, p, b, g, w) for m, _, p, b, g, w in self.cells()})
 
     def engine_result_paths(self, engine) -> list[str]:
         return [result_path(*c) for c in self.engine_cells(engine)]
@@ -122,12 +131,13 @@ class Plan:
     def engine_options(self, engine) -> dict:
         return runtime_options(engine, self.config["engine_options"].get(engine, {}))
 
-    def bench_spec(self, model, engine, prompt_set, batch_size, gpus=1, *, reference=True) -> dict:
+    def bench_spec(self, model, engine, prompt_set, batch_size, gpus=1, weights="default", *, reference=True) -> dict:
         """The spec of a benchmark target (reference=False: of the reference-tokens target)."""
         b = self.bench
         spec = BenchSpec(
             model=model, model_dir=model_path(model), engine=engine, prompt_set=prompt_set,
             prompt_spec=self.config["prompt_sets"][prompt_set], batch_size=int(batch_size), gpus=int(gpus),
+            weights=weights,
             max_new_tokens=b["max_new_tokens"], repetitions=b["repetitions"], warmup=b["warmup"], seed=b["seed"],
             device=b["device"], dtype=b["dtype"], telemetry_interval_s=b["telemetry_interval_s"],
             strict=b["strict"], refuse_busy_gpu=b["refuse_busy_gpu"], engine_options=self.engine_options(engine),
@@ -152,8 +162,9 @@ class Plan:
         b = self.bench
         spec = {
             "model_dir": model_path(model),
-            # One process's shapes: a tensor-parallel job compiles its own step (compiled.result_fields).
-            "batch_sizes": sorted({c[3] for c in mine if c[4] == 1}),
+            # One process's shapes with default weights: a tensor-parallel or fp8 job compiles its own step
+            # (compiled.result_fields).
+            "batch_sizes": sorted({c[3] for c in mine if c[4] == 1 and c[5] == "default"}),
             "prompt_sets": {p: self.config["prompt_sets"][p] for p in sorted({c[2] for c in mine})},
             "max_new_tokens": b["max_new_tokens"], "seed": b["seed"], "device": b["device"], "dtype": b["dtype"],
             "engine_options": self.engine_options(engine), "strict": b["strict"],

@@ -72,7 +72,7 @@ def row(result: dict, path: Path) -> dict:
     e2e = (m or {}).get("e2e_s") or {}
     return {
         "model": t["model"], "engine": t["engine"], "prompt_set": t["prompt_set"], "batch_size": t["batch_size"],
-        "gpus": t.get("gpus", 1),
+        "gpus": t.get("gpus", 1), "weights": t.get("weights", "default"),
         "status": result["status"], "reason": result["reason"],
         "device": result["settings"]["device"], "dtype": result["settings"]["dtype"],
         "max_new_tokens": result["settings"]["max_new_tokens"],
@@ -117,8 +117,8 @@ def build_frame(results: list[tuple[Path, dict]]):
     df = pd.DataFrame([row(r, p) for p, r in results])
     if df.empty:
         return df
-    df = df.sort_values(["model", "prompt_set", "engine", "gpus", "batch_size"]).reset_index(drop=True)
-    # Speedup: over baseline at the same batch size and number of GPUs.
+    df = df.sort_values(["model", "prompt_set", "engine", "gpus", "weights", "batch_size"]).reset_index(drop=True)
+    # Speedup: over baseline (default weights) at the same batch size and number of GPUs.
     key = ["model", "prompt_set", "batch_size", "gpus"]
     base = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(key)["output_tokens_per_s"]
     base_batches = df[(df.engine == REFERENCE_ENGINE) & (df.status == "ok")].set_index(key)["batch_tps"]
@@ -136,18 +136,19 @@ def build_frame(results: list[tuple[Path, dict]]):
     return df.drop(columns="batch_tps")
 
 
-def _on(gpus) -> str:
-    """How a sentence names a tensor-parallel cell: nothing for one GPU."""
-    return f" on {int(gpus)} GPUs" if int(gpus) > 1 else ""
+def _on(gpus, weights="default") -> str:
+    """How a sentence names a tensor-parallel or fp8 cell: nothing for one GPU and default weights."""
+    return (f" on {int(gpus)} GPUs" if int(gpus) > 1 else "") + (f" with {weights} weights" if weights != "default" else "")
 
 
 def findings(df) -> list[str]:
     """Sentences computed from the table: best batch size, gain from batching, gain per engine."""
     out = []
     ok = df[df.status == "ok"]
-    for (model, ps, engine, gpus), g in ok.groupby(["model", "prompt_set", "engine", "gpus"], sort=True):
+    for (model, ps, engine, gpus, weights), g in ok.groupby(["model", "prompt_set", "engine", "gpus", "weights"],
+                                                           sort=True):
         best = g.loc[g.output_tokens_per_s.idxmax()]
-        line = (f"`{model}` / `{ps}` / `{engine}`{_on(gpus)}: best batch size {int(best.batch_size)} "
+        line = (f"`{model}` / `{ps}` / `{engine}`{_on(gpus, weights)}: best batch size {int(best.batch_size)} "
                 f"({best.output_tokens_per_s:.1f} output tokens/s)")
         one = g[g.batch_size == 1]
         if len(g) > 1 and not one.empty:
@@ -159,26 +160,26 @@ def findings(df) -> list[str]:
             out.append(f"`{engine}` against `{REFERENCE_ENGINE}` at equal batch size: median speedup "
                        f"{s.median():.2f}x (from {s.min():.2f}x to {s.max():.2f}x over {len(s)} cells).")
     compared = ok[ok.exact_match_rate.notna() & ~((ok.engine == REFERENCE_ENGINE) & (ok.batch_size == 1))]
-    for (model, engine), g in compared.groupby(["model", "engine"], sort=True):
+    for (model, engine, weights), g in compared.groupby(["model", "engine", "weights"], sort=True):
         splits = g.first_divergence.dropna()
-        line = (f"`{model}` / `{engine}` tokens against the reference ({REFERENCE_ENGINE}, batch 1): share of "
+        line = (f"`{model}` / `{engine}`{_on(1, weights)} tokens against the reference ({REFERENCE_ENGINE}, batch 1): share of "
                 f"prompts exactly equal {g.exact_match_rate.mean():.0%} (mean over {len(g)} "
                 f"cell{'s' * (len(g) != 1)})")
         line += (f"; where they part, at output token {int(splits.min())} at the earliest "
                  f"(median over cells {splits.median():.0f})." if not splits.empty else ".")
         out.append(line)
     for r in ok[ok.decode_steps == 0].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)}: max_new_tokens is 1, "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus, r.weights)}: max_new_tokens is 1, "
                    "so no decode step ran (only the prefill): no TPOT, no bandwidth fraction, no speedup.")
     for r in ok[ok.padding_requests > 0].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)}: {r.prompts} prompts do "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus, r.weights)}: {r.prompts} prompts do "
                    f"not fill whole batches, so each repetition's last batch repeats {r.padding_requests} of the "
                    "first prompts; they count in throughput, not in the per-request figures (TTFT, TPOT, e2e).")
     for r in df[df.status != "ok"].itertuples():
-        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus)} was not run: "
+        out.append(f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch {r.batch_size}{_on(r.gpus, r.weights)} was not run: "
                    f"{r.status} ({r.reason}).")
     out += verdict_findings(df, lambda r: f"`{r.engine}` on `{r.model}` / `{r.prompt_set}` / batch "
-                                          f"{r.batch_size}{_on(r.gpus)}")
+                                          f"{r.batch_size}{_on(r.gpus, r.weights)}")
     return out
 
 
@@ -220,15 +221,20 @@ def _pm(v, hw, digits=1) -> str:
     return _fmt(v, digits) + (f" ± {hw:.{digits}f}" if v is not None and v == v and hw is not None and hw == hw else "")
 
 
+def _weights(r) -> str:
+    """The weights column: the run's dtype, or the storage that replaced it (fp8)."""
+    return r.dtype if r.weights == "default" else f"{r.weights} (e4m3)"
+
+
 def cell_table(g) -> str:
     from tabulate import tabulate
 
     rows = []
     for r in g.itertuples():
         if r.status != "ok":
-            rows.append([r.engine, r.batch_size, r.gpus, r.status.upper()] + [""] * 15)
+            rows.append([r.engine, r.batch_size, r.gpus, _weights(r), r.status.upper()] + [""] * 15)
             continue
-        rows.append([r.engine, r.batch_size, r.gpus, _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
+        rows.append([r.engine, r.batch_size, r.gpus, _weights(r), _pm(r.output_tokens_per_s, r.output_tokens_per_s_hw),
                      _pm(r.ttft_ms_p50, r.ttft_ms_hw), _pm(r.tpot_ms_p50, r.tpot_ms_hw, 2), _fmt(r.e2e_s_p50, 3),
                      _fmt(r.e2e_s_p90, 3), _fmt(r.gpu_memory_peak_mb, 0), _fmt(r.torch_peak_allocated_mb, 0),
                      _fmt(r.power_mean_w), _fmt(r.energy_per_token_j, 4),
@@ -237,7 +243,7 @@ def cell_table(g) -> str:
                      _percent(r.bandwidth_fraction), _percent(r.datasheet_fraction),
                      _percent(r.collective_share) if r.gpus > 1 else "",
                      r.verdict if isinstance(r.verdict, str) else "n/a"])
-    headers = ["engine", "batch", "gpus", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
+    headers = ["engine", "batch", "gpus", "weights", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "e2e p50 s", "e2e p90 s",
                "GPU mem peak MiB", "torch peak MiB", "power W", "J/token", "speedup", "token match",
                "first split", "of bandwidth", "of datasheet", "in collectives", "verdict"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
@@ -273,9 +279,9 @@ def plots(df, plots_dir: Path) -> list[Path]:
     ok = df[df.status == "ok"]
     for (model, ps), g in ok.groupby(["model", "prompt_set"]):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (engine, gpus), e in g.groupby(["engine", "gpus"]):
+        for (engine, gpus, weights), e in g.groupby(["engine", "gpus", "weights"]):
             e = e.sort_values("batch_size")
-            engine = f"{engine}{_on(gpus)}"   # one line per engine and number of GPUs
+            engine = f"{engine}{_on(gpus, weights)}"   # one line per engine, number of GPUs and weights
             bars = _bars(e.output_tokens_per_s_hw)      # the median's 95 % interval
             a1.errorbar(e.batch_size, e.output_tokens_per_s, yerr=bars, marker="o", capsize=3, label=engine)
             a2.errorbar(e.output_tokens_per_s, e.e2e_s_p50, xerr=bars, marker="o", capsize=3, label=engine)

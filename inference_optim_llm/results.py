@@ -25,7 +25,7 @@ def base(spec, device: str, dtype: str) -> dict:
         "status": "ok",
         "reason": None,
         "target": {"model": spec.model, "engine": spec.engine, "prompt_set": spec.prompt_set,
-                   "batch_size": spec.batch_size, "gpus": spec.gpus},
+                   "batch_size": spec.batch_size, "gpus": spec.gpus, "weights": spec.weights},
         "settings": {"max_new_tokens": spec.max_new_tokens, "repetitions": spec.repetitions,
                      "warmup": spec.warmup, "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s,
@@ -92,7 +92,7 @@ def add_bandwidth(result: dict, calibration: dict | None) -> None:
     result["bandwidth"] = bandwidth.decode_bandwidth(
         result["model"], s["dtype"], result["target"]["batch_size"], s["prompt_tokens_mean"], s["max_new_tokens"],
         result["metrics"]["tpot_s"]["median"], calibration, result["provenance"]["gpu_name"],
-        result["target"].get("gpus", 1))
+        result["target"].get("gpus", 1), result["target"].get("weights", "default"))
 
 
 def add_agreement(result: dict, first_outputs: list[list[int]], reference: dict) -> None:

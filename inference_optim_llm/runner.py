@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from inference_optim_llm import metrics, results
-from inference_optim_llm.engines import EngineUnavailable, check_gpus, engine_class
+from inference_optim_llm.engines import EngineUnavailable, check_gpus, check_weights, engine_class
 from inference_optim_llm.hostfacts import is_out_of_memory, log, resolve_device, resolve_dtype
 from inference_optim_llm.intermediates import check_reference, read_calibration, read_reference
 from inference_optim_llm.models import load_tokenizer, model_facts
@@ -64,6 +64,7 @@ def run(spec: BenchSpec) -> tuple[dict, list[dict]]:
     engine = engine_class(spec.engine)(engine_settings(spec, device, dtype, ps.longest))
     try:
         check_gpus(spec.engine, spec.gpus)
+        check_weights(spec.engine, spec.weights)
         t = time.perf_counter()
         engine.load()
         result["load_s"] = time.perf_counter() - t

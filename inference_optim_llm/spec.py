@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference_optim_llm import bounds
-from inference_optim_llm.engines import ENGINES, EngineSettings, check_options
+from inference_optim_llm.engines import ENGINES, WEIGHTS, EngineSettings, check_options
 from inference_optim_llm.hostfacts import check_device
 from inference_optim_llm.models import check_name
 
@@ -39,6 +39,7 @@ class BenchSpec(_FromJson):
     batch_size: int
     max_new_tokens: int
     gpus: int = 1                     # tensor-parallel degree (tp.py)
+    weights: str = "default"          # weight storage: default (dtype) or fp8 (fp8.py)
     repetitions: int = 3
     warmup: int = 1
     seed: int = 0
@@ -80,6 +81,8 @@ class BenchSpec(_FromJson):
             bounds.check("$defs.prompt_tokens", self.prompt_spec.get("tokens"), "prompt tokens")
             bounds.check("$defs.prompt_count", self.prompt_spec.get("count", 1), "prompt count")
         check_options(self.engine, self.engine_options)
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights: {self.weights!r} is not one of {', '.join(WEIGHTS)}")
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"trust_remote_code: {self.trust_remote_code!r} is not a boolean")
 
@@ -93,7 +96,7 @@ def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int
         max_input_len=max_input_len, max_new_tokens=spec.max_new_tokens, seed=spec.seed,
         record_token_times=spec.record_token_times if record_token_times is None else record_token_times,
         options=spec.engine_options, artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
-        trust_remote_code=spec.trust_remote_code, gpus=spec.gpus)
+        trust_remote_code=spec.trust_remote_code, gpus=spec.gpus, weights=spec.weights)
 
 
 def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max_new_tokens: int, device: str,

@@ -102,8 +102,9 @@ def test_report_figures_come_from_the_result_files(run):
         assert float(rows[key]["output_tokens_per_s"]) == pytest.approx(tps)
         ttft_ms = r["metrics"]["ttft_s"]["median"] * 1e3
         pm = r"( ± [0-9.]+)?"   # the half-width of the median's 95 % interval, where there is one
-        # engine | batch | gpus | output tok/s | TTFT
-        assert re.search(rf"\| {key[0]}\s*\| {key[2]}\s*\| 1\s*\| {tps:.1f}{pm}\s*\| {ttft_ms:.1f}{pm}\s*\|", md), key
+        # engine | batch | gpus | weights | output tok/s | TTFT
+        assert re.search(rf"\| {key[0]}\s*\| {key[2]}\s*\| 1\s*\| float32\s*\| {tps:.1f}{pm}\s*\| {ttft_ms:.1f}{pm}\s*\|",
+                         md), key
     base, comp = rs[("baseline", "short", 1)], rs[("compiled", "short", 1)]
     speedup = comp["metrics"]["output_tokens_per_s"]["median"] / base["metrics"]["output_tokens_per_s"]["median"]
     assert float(rows[("compiled", "short", 1)]["speedup_vs_baseline"]) == pytest.approx(speedup)
@@ -128,7 +129,7 @@ def test_unavailable_engine_is_recorded_with_its_reason_never_numbers(run):
     assert "tensorrt_llm" in r["reason"]
     assert r["metrics"] is None and r["requests"] == []
     md = (run / "results" / "benchmark_results.md").read_text()
-    assert re.search(r"\| trtllm\s*\|\s*1\s*\|\s*1\s*\| UNAVAILABLE", md)   # engine, batch, gpus
+    assert re.search(r"\| trtllm\s*\|\s*1\s*\|\s*1\s*\| float32\s*\| UNAVAILABLE", md)   # engine, batch, gpus, weights
     assert "`trtllm` on `smollm2-135m` / `short` / batch 1 was not run: unavailable" in md
 
 
@@ -182,7 +183,8 @@ def test_dry_run_of_the_gpu_matrix_without_a_gpu(tmp_path):
     engine that needs a build builds once per model and settings."""
     proc = snakemake(REPO, "-n", "--configfile", str(REPO / "config" / "gpu.yaml"), "--forceall")
     counts = job_counts(output(proc))
-    assert counts["run_benchmark"] == 4 * 3 * 3 + 2 * 2 * 2   # + 2 synthetic shapes x 2 engines x batch 1, 16
+    # + 2 synthetic shapes x 2 engines x batch 1, 16, + compiled's fp8 weights on them
+    assert counts["run_benchmark"] == 4 * 3 * 3 + 2 * 2 * 2 + 2 * 2
     assert counts["build_engine"] == 4          # compiled x 3 models, trtllm x 1 model
     assert counts["reference_tokens"] == 3 + 2
     assert counts["calibrate"] == 1 and counts["aggregate"] == 1
@@ -200,7 +202,7 @@ def test_engines_key_runs_only_the_engines_it_names(tmp_path):
     # the compiled build's cache key names the torch it was generated with (specs travel as params)
     assert re.match(r"\d", _plan("gpu.yaml", engines=["baseline", "compiled"])
                     .build_spec("llama-1b", "compiled")["torch_version"])
-    assert counts["run_benchmark"] == 2 * 3 * 3 + 2 * 2 * 2
+    assert counts["run_benchmark"] == 2 * 3 * 3 + 2 * 2 * 2 + 2 * 2
     assert counts["build_engine"] == 3          # compiled x 3 models, no TensorRT-LLM build
     assert "engine=trtllm" not in output(proc)
     proc = snakemake(REPO, "-n", "--config", "engines=[trtllm]", check=False)

@@ -204,3 +204,29 @@ def test_a_model_run_only_on_two_gpus_has_its_reference_and_build_there():
     assert plan.reference_spec("llama-8b", "tok64")["gpus"] == 1
     assert plan.build_spec("llama-70b", "compiled")["batch_sizes"] == []
     assert plan.build_spec("llama-8b", "compiled")["batch_sizes"] == [1, 16]
+
+
+@pytest.mark.slow
+def test_a_compiled_prefill_gives_every_token_of_baseline(tmp_path, smollm2_dir):
+    """compiled with option prefill: compiled (prompts padded on the left to 64, masked, the prefill run by the
+    compiled forward), batch 2 of prompts of different lengths, fp32 on the CPU: every token equals baseline's
+    at batch 1. (A padding row that saw no column gave NaN before the mask let it see itself.)"""
+    model = _varied_model(tmp_path / "model", smollm2_dir)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The capital of France is\nOnce upon a time there was\nIn 1905\nA B C D E F G H I J K\n")
+    common = {"model": "tiny", "model_dir": str(model), "prompt_set": "p", "prompt_spec": {"file": str(prompts)},
+              "max_new_tokens": 16, "repetitions": 1, "warmup": 1, "device": "cpu", "dtype": "float32"}
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", *args], capture_output=True, text=True,
+                              timeout=900, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    ref = tmp_path / "ref.json"
+    cli("reference-tokens", "--spec", json.dumps({**common, "engine": "baseline", "batch_size": 1}), "--output", str(ref))
+    out = tmp_path / "compiled.json"
+    cli("bench", "--spec", json.dumps({**common, "engine": "compiled", "batch_size": 2, "reference": str(ref),
+                                       "engine_options": {"prefill": "compiled"}}), "--output", str(out))
+    r = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["settings"]["engine_options"] == {"prefill": "compiled"}, r.get("reason")
+    assert r["agreement"]["exact_match_rate"] == 1.0 and r["agreement"]["first_divergence"] is None

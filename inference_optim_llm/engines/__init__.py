@@ -12,6 +12,8 @@ An entry says, for one engine:
   result_fields        JSON-schema properties of the engine's own result fields (Engine.result_fields())
   tensor_parallel      true if the engine runs with `gpus` above 1 (EngineSettings.gpus); others record
                        such cells unavailable
+  weights              the weight storages besides default it runs (["fp8"]: fp8.py); others record
+                       such cells unavailable
 
 An engine's name (its key) is also its Snakemake target (`snakemake trtllm_torch`): lower case, digits, `_`.
 
@@ -46,11 +48,13 @@ ENGINES: dict[str, dict] = {
             "mode": {"enum": ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]},
             "coordinate_descent_tuning": {"type": "boolean"},
             "cache_len": {"type": "integer", "minimum": 2, "maximum": 1048576},
+            "prefill": {"enum": ["eager", "compiled"]},
         },
         "build": "inference_optim_llm.build:build_compiled",
         "build_key": "inference_optim_llm.build:compiled_build_key",
         "result_fields": {"compile_cache_loaded": {"type": "boolean"}, **_COLLECTIVES},
         "tensor_parallel": True,
+        "weights": ["fp8"],
     },
     "trtllm": {
         "cls": "inference_optim_llm.engines.trtllm:TrtllmEngine",
@@ -69,7 +73,8 @@ ENGINES: dict[str, dict] = {
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 RESERVED = {"all", "serving"}   # workflow targets of their own
-ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields", "tensor_parallel"}
+ENTRY_KEYS = {"cls", "options", "build", "build_key", "build_only_options", "result_fields", "tensor_parallel",
+              "weights"}
 
 
 def _register_plugins() -> None:
@@ -101,6 +106,16 @@ def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r} (available: {', '.join(ENGINES)})")
     return _load(ENGINES[name]["cls"])
+
+
+WEIGHTS = ("default", "fp8")   # the matrix's `weights`: default is the benchmark's dtype
+
+
+def check_weights(name: str, weights: str) -> None:
+    """EngineUnavailable for a weight storage (fp8) that the engine's registry entry does not list."""
+    if weights != "default" and weights not in ENGINES[name].get("weights", []):
+        with_it = ", ".join(n for n, e in ENGINES.items() if weights in e.get("weights", []))
+        raise EngineUnavailable(f"engine {name!r} has no {weights} weights here; engines with them: {with_it}")
 
 
 def check_gpus(name: str, gpus: int) -> None:

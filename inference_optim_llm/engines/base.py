@@ -30,6 +30,7 @@ class EngineSettings:
     trust_remote_code: bool = False   # from the config of this run (models.<name>.trust_remote_code)
     options: dict[str, Any] = field(default_factory=dict)  # engine-specific, from config engine_options
     gpus: int = 1                     # tensor-parallel degree: processes, one GPU each on CUDA (tp.py)
+    weights: str = "default"          # weight storage: default (dtype) or fp8 (engines whose registry lists it)
 
 
 @dataclass

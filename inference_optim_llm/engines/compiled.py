@@ -7,7 +7,8 @@
   replayed as a CUDA graph. Tokens go into a preallocated buffer; nothing is copied to the host until
   the batch ends, so there is no host sync per token.
 - On the CPU the same step is compiled without graphs (what CI runs).
-- Prefill runs the same forward eagerly (one pass over the padded prompts).
+- Prefill runs the same forward over the padded prompts: eagerly (option prefill: eager, the default), or
+  compiled (prefill: compiled) at the prompt width rounded up to a multiple of 64, extra padding masked.
 - With `gpus` N > 1 the layers are split over N processes (tensor parallel, tp.py): this process is rank 0
   and drives the benchmark; the workers follow it, batch by batch.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_optim_llm import tp
+from inference_optim_llm import fp8, tp
 from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.baseline import pad_left
 from inference_optim_llm.engines.timing import TokenClock
@@ -33,9 +34,18 @@ SUPPORTED = {"llama"}
 INDUCTOR_DIR = "inductor-cache"   # inside build_engine's artifact directory
 
 
-def cache_len(max_input_len: int, max_new_tokens: int) -> int:
+PREFILL_BUCKET = 64   # option prefill: compiled pads prompts (on the left, masked) to a multiple of this
+
+
+def prompt_width(width: int, prefill: str = "eager") -> int:
+    """The width a batch's prompts are padded to: their own, or with a compiled prefill the next multiple of
+    PREFILL_BUCKET, so that a few prefill shapes compile, not one per prompt length."""
+    return -(-width // PREFILL_BUCKET) * PREFILL_BUCKET if prefill == "compiled" else width
+
+
+def cache_len(max_input_len: int, max_new_tokens: int, prefill: str = "eager") -> int:
     """KV cache length: prompt + output, rounded up to 64 so nearby prompt sets share compiled code."""
-    return -(-(max_input_len + max_new_tokens) // 64) * 64
+    return -(-(prompt_width(max_input_len, prefill) + max_new_tokens) // 64) * 64
 
 
 class FusedLlama(torch.nn.Module):
@@ -43,7 +53,8 @@ class FusedLlama(torch.nn.Module):
     its transformers name (models.weights): each is cut to this rank's share as it arrives, so no process
     holds more than its share and one layer's weights."""
 
-    def __init__(self, cfg, get, batch_size: int, max_len: int, device: str, rank: int = 0, world: int = 1):
+    def __init__(self, cfg, get, batch_size: int, max_len: int, device: str, rank: int = 0, world: int = 1,
+                 weights: str = "default"):
         super().__init__()
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -70,6 +81,11 @@ class FusedLlama(torch.nn.Module):
                 wgu=torch.cat([w("mlp.gate_proj"), w("mlp.up_proj")]),
                 wd=w("mlp.down_proj"),
             ), cfg.num_attention_heads, cfg.num_key_value_heads, self.head_dim, rank, world))
+        if weights == "fp8":   # each matrix (this rank's share) and the LM head: e4m3 and a scale per output row
+            for layer in self.layers:
+                for key in ("wqkv", "wo", "wgu", "wd"):
+                    layer[key] = fp8.quantize_rows(layer[key])
+            self.lm_head = fp8.quantize_rows(self.lm_head)
         shape = (batch_size, self.n_kv, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
@@ -78,9 +94,10 @@ class FusedLlama(torch.nn.Module):
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         # Plain tensors held by the module would count as graph inputs, which CUDA graphs copy on every
         # replay: mark the weights and caches as static so each step reads them in place.
-        weights = [self.embed, self.final_norm, self.lm_head, self.kv_index, self.valid]
-        weights += [t for layer in self.layers for t in layer.values()]
-        for t in weights + self.k_cache + self.v_cache:
+        held = [self.embed, self.final_norm, self.lm_head, self.kv_index, self.valid]
+        held += [w for layer in self.layers for w in layer.values()]
+        flat = [t for w in held for t in (w if isinstance(w, tuple) else (w,))]   # fp8: (values, scales)
+        for t in flat + self.k_cache + self.v_cache:
             torch._dynamo.mark_static_address(t)
 
     def rms(self, x, w):
@@ -90,6 +107,19 @@ class FusedLlama(torch.nn.Module):
     def forward(self, tokens, positions, cache_pos, valid):
         """tokens, positions: (B, T); cache_pos: (T,) cache columns written; valid: (B, L) bool, the
         columns holding real tokens (left padding is False). Returns the last position's argmax (B,)."""
+        x = self.hidden(tokens, positions, cache_pos, valid)
+        return linear(self.rms(x[:, -1], self.final_norm), self.lm_head).argmax(dim=-1)
+
+    def logits(self, tokens):
+        """Every position's logits (float32) for one sequence from cache column 0, eager: perplexity
+        (benchmarks/perplexity.py). Needs a model built for batch 1."""
+        T = tokens.shape[1]
+        self.valid.fill_(True)
+        x = self.hidden(tokens, self.kv_index[None, :T], self.kv_index[:T], self.valid)
+        return linear(self.rms(x, self.final_norm), self.lm_head).float()
+
+    def hidden(self, tokens, positions, cache_pos, valid):
+        """The layers over the tokens (their keys and values written to the cache): the last hidden states."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         B, T = tokens.shape
@@ -98,13 +128,16 @@ class FusedLlama(torch.nn.Module):
         # A query at cache column c sees the valid columns <= c. The query heads that share a KV head
         # become extra query rows of that head (grouped-query attention without copying the cache).
         group = self.n_heads // self.n_kv
-        mask = valid[:, None, None, :] & (self.kv_index[None, None, None, :] <= cache_pos[None, None, :, None])
+        # A padding column's query sees itself too, so that no row is fully masked (softmax over nothing is
+        # NaN, and NaN keys and values would reach the cache); a real query never sees a padding column.
+        col, row = self.kv_index[None, None, None, :], cache_pos[None, None, :, None]
+        mask = (valid[:, None, None, :] | (col == row)) & (col <= row)
         if T > 1:
             mask = mask.repeat(1, 1, group, 1)
         nq, nkv, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
         for i, w in enumerate(self.layers):
             h = self.rms(x, w["norm1"])
-            q, k, v = F.linear(h, w["wqkv"]).split([nq, nkv, nkv], dim=-1)
+            q, k, v = linear(h, w["wqkv"]).split([nq, nkv, nkv], dim=-1)
             q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
             k = k.view(B, T, self.n_kv, hd).transpose(1, 2)
             v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
@@ -114,12 +147,16 @@ class FusedLlama(torch.nn.Module):
             q = q.reshape(B, self.n_kv, group * T, hd)
             o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
             o = o.view(B, self.n_heads, T, hd)
-            x = x + tp.all_reduce(F.linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"]), self.world)
+            x = x + tp.all_reduce(linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"]), self.world)
             h = self.rms(x, w["norm2"])
-            g, u = F.linear(h, w["wgu"]).chunk(2, dim=-1)
-            x = x + tp.all_reduce(F.linear(F.silu(g) * u, w["wd"]), self.world)
-        x = self.rms(x[:, -1], self.final_norm)
-        return F.linear(x, self.lm_head).argmax(dim=-1)
+            g, u = linear(h, w["wgu"]).chunk(2, dim=-1)
+            x = x + tp.all_reduce(linear(F.silu(g) * u, w["wd"]), self.world)
+        return x
+
+
+def linear(x, w):
+    """F.linear, or its fp8 counterpart for a weight stored as (e4m3, scales) (fp8.py)."""
+    return fp8.linear(x, *w) if isinstance(w, tuple) else F.linear(x, w)
 
 
 def configure_inductor(device: str, options: dict) -> None:
@@ -137,7 +174,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
     def result_fields(self) -> dict:
         """Whether the decode step's kernels came from the build's cache (only when a decode step ran)."""
         # The build compiles one process's shapes: a tensor-parallel step compiles in its own job.
-        loaded = self.cache_loaded and self.settings.gpus == 1
+        loaded = self.cache_loaded and self.settings.gpus == 1 and self.settings.weights == "default"
         own = {"compile_cache_loaded": loaded} if self.settings.max_new_tokens > 1 else {}
         return {**own, **self.collective_fields()}
 
@@ -147,6 +184,8 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         if cfg_type not in SUPPORTED:
             raise EngineUnavailable(f"the compiled engine supports {sorted(SUPPORTED)} models; "
                                     f"{s.model_dir} is {cfg_type!r}")
+        if s.weights == "fp8":
+            check_fp8(s)
         self.start_ranks("inference_optim_llm.engines.compiled:CompiledEngine")
         self.load_share(self._load)
 
@@ -161,10 +200,14 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         cfg = AutoConfig.from_pretrained(s.model_dir, trust_remote_code=s.trust_remote_code)
         device = f"cuda:{torch.cuda.current_device()}" if self.cuda else s.device   # this rank's GPU
         get = weights(s.model_dir, device, s.dtype, s.trust_remote_code)
-        self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens))
-        self.net = FusedLlama(cfg, get, s.max_batch_size, self.max_len, device, self.rank, s.gpus)
+        self.prefill_mode = s.options.get("prefill", "eager")
+        self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens, self.prefill_mode))
+        self.net = FusedLlama(cfg, get, s.max_batch_size, self.max_len, device, self.rank, s.gpus, s.weights)
         mode = s.options.get("mode", "reduce-overhead" if self.cuda else "default")
         self.step = torch.compile(self.net, mode=mode, fullgraph=True, dynamic=False)
+        # prefill "compiled": the same compiled forward at the bucketed prompt width (its own graph, and on
+        # CUDA its own CUDA graph); "eager" (default until measured on the GPUs): the forward run eagerly.
+        self.prefill = self.step if self.prefill_mode == "compiled" else self.net
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
         s = self.settings
@@ -176,9 +219,9 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         t0 = time.perf_counter()
         clock.start()
         ids, mask = pad_left(prompts, self.pad_id, dev)
-        P = ids.shape[1]
+        P = prompt_width(ids.shape[1], self.prefill_mode)
         if P + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
+            raise ValueError(f"prompt ({P}, padded) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
         mask = self.share_batch(ids, mask, max_new_tokens)
         out = self.run_batch(ids, mask, max_new_tokens, clock)
         tokens = out.tolist()                                  # the only host sync of the batch
@@ -189,6 +232,10 @@ class CompiledEngine(tp.Ranks, TorchEngine):
 
     def run_batch(self, ids, mask, max_new_tokens: int, clock=None):
         """Prefill and decode one padded batch (every rank runs it in step); the tokens, on the device."""
+        W = prompt_width(ids.shape[1], self.prefill_mode)
+        if W > ids.shape[1]:   # more left padding, masked: the prefill runs at a width it was compiled for
+            ids = F.pad(ids, (W - ids.shape[1], 0), value=self.pad_id)
+            mask = F.pad(mask, (W - mask.shape[1], 0), value=0)
         B, P = ids.shape
         dev = ids.device
         valid = self.net.valid
@@ -198,7 +245,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         next_pos = positions[:, -1:] + 1                       # (B, 1)
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
         with torch.no_grad():
-            tok = self.net(ids, positions, self.net.kv_index[:P], valid)      # prefill, eager
+            tok = self.prefill(ids, positions, self.net.kv_index[:P], valid)
             out[:, 0] = tok
             if clock:
                 clock.stamp()
@@ -219,6 +266,25 @@ class CompiledEngine(tp.Ranks, TorchEngine):
             self.private_cache = None
         if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def check_fp8(s) -> None:
+    """fp8 weights where _scaled_mm takes them: the output in bfloat16 on CUDA (row-wise scales), every matrix's
+    sides multiples of 16. Else unavailable, named."""
+    import json
+    cfg = json.loads((Path(s.model_dir) / "config.json").read_text())
+    if s.device.startswith("cuda") and s.dtype != "bfloat16":
+        raise EngineUnavailable(f"fp8 weights run with dtype bfloat16 on CUDA (row-wise scaled products); dtype is {s.dtype}")
+    if s.device.startswith("cuda") and torch.cuda.get_device_capability() < (8, 9):
+        raise EngineUnavailable(f"fp8 products need compute capability 8.9 or above (Ada, Hopper); this GPU has "
+                                f"{'.'.join(map(str, torch.cuda.get_device_capability()))}")
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    sides = {"hidden_size": cfg["hidden_size"], "vocab_size": cfg["vocab_size"],   # each rank's share below
+             "intermediate_size / gpus": cfg["intermediate_size"] // s.gpus,
+             "num_key_value_heads x head_dim / gpus": cfg["num_key_value_heads"] * hd // s.gpus}
+    for key, size in sides.items():
+        if size % 16:
+            raise EngineUnavailable(f"fp8 weights need matrix sides that are multiples of 16; {key} is {size}")
 
 
 def _model_type(model_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ wildcard_constraints:
     prompt_set=_alternatives(config["prompt_sets"]),
     batch=r"[1-9][0-9]*",
     tp=r"(-tp([2-9]|[1-9][0-9]+))?",
+    wq=r"(-fp8)?",
 
 
 rule calibrate:
@@ -53,17 +54,17 @@ rule run_benchmark:
         calibration=calibration_input,
     output:
         result=report(
-            "results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.json",
+            "results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}{wq}.json",
             category="Results",
             subcategory="{model} / {engine}",
         ),
-        records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.jsonl",
+        records="results/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}{wq}.jsonl",
     conda:
         "../../envs/pipeline.yaml"
     container:
         CONTAINER
     log:
-        "results/logs/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}.log",
+        "results/logs/runs/{model}/{engine}/{prompt_set}/bs{batch}{tp}{wq}.log",
     params:
         spec=bench_spec,
     threads: BENCH["threads"]

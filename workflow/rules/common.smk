@@ -3,7 +3,7 @@
 import re
 
 from inference_optim_llm.engines import ENGINES
-from inference_optim_llm.plan import Plan, gpus_of
+from inference_optim_llm.plan import Plan, gpus_of, weights_of
 
 PLAN = Plan(config)
 BENCH = config["benchmark"]
@@ -68,7 +68,7 @@ def build_spec(wildcards):
 
 def bench_spec(wildcards):
     return PLAN.bench_spec(wildcards.model, wildcards.engine, wildcards.prompt_set, int(wildcards.batch),
-                           gpus_of(wildcards.tp))
+                           gpus_of(wildcards.tp), weights_of(wildcards.wq))
 
 
 def gpus_wanted(wildcards):
