@@ -12,11 +12,6 @@ from pathlib import Path
 from inference_optim_llm.report import aggregate
 
 
-def repo_path(p: Path) -> str:
-    """p relative to the repository root, for links written from the root (`/docs/results/...`)."""
-    return Path(p).resolve().relative_to(Path(__file__).resolve().parent.parent).as_posix()
-
-
 def main(run_dir: str) -> None:
     d = Path(run_dir)
     page = d.parent / f"{d.name}.md"
@@ -26,8 +21,8 @@ def main(run_dir: str) -> None:
         aggregate(files, out_md=out, out_csv=d / "summary.csv", plots_dir=d / "plots",
                   calibration=sorted(d.glob("calibration.json")), title="")
         body = out.read_text().split("\n", 1)[1]   # without the report's own title line
-    # the plots, from the repository's root (one reading for every viewer and link checker)
-    body = body.replace("](../", f"](/{repo_path(d.parent)}/")
+    # the plots, relative to the page (the report was rendered one directory down, beside it)
+    body = body.replace("](../", "](")
     body = body.replace(f"from {len(files)} result files", f"from the {len(files)} result files in `{d.name}/`")
     page.write_text((d / "notes.md").read_text() + body)
     print(f"{page}: {len(files)} result files")

@@ -14,9 +14,6 @@ from pathlib import Path
 from inference_optim_llm.compare import compare
 from inference_optim_llm.report import aggregate, load_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_page import repo_path  # noqa: E402 (the benchmarks' shared helper)
-
 
 def cell_rows(d: Path) -> list[str]:
     rows = ["| run | cell | output tok/s | ± (95 %) | repetitions | timed s | stopped because | idle W | "
@@ -53,7 +50,7 @@ def main(run_dir: str) -> None:
             body = out.read_text().replace(f"](../run-{run}/", "](")   # plots/..., beside this report
         (d / f"run-{run}" / "benchmark_results.md").write_text(body)
     body = (d / "run-a" / "benchmark_results.md").read_text().split("\n", 1)[1]
-    root = f"/{repo_path(d)}"   # links from the repository's root: one reading for every viewer and checker
+    root = d.name   # links relative to the page, which sits beside the run directory
     parts += ["## Run A's report (`aggregate`; run B's: "
               f"[{d.name}/run-b/benchmark_results.md]({root}/run-b/benchmark_results.md))\n",
               body.replace("](plots/", f"]({root}/run-a/plots/")]

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import zipfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from inference_optim_llm import io
@@ -353,15 +354,20 @@ def synthetic_draw(model_dir: Path, name: str, shape, dtype: str, device: str):
     generators differ), and a rank keeps its share of it: no process ever holds the whole model."""
     import torch
 
-    model_dir = Path(model_dir)
-    seed = json.loads((model_dir / SYNTHETIC_MARKER).read_text())["init_seed"]
+    seed, std = _synthetic_init(str(model_dir))
     t = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=device)
     if len(t.shape) == 1:
         return t.fill_(1.0)
-    std = json.loads((model_dir / "config.json").read_text()).get("initializer_range", 0.02)
     g = torch.Generator(device=t.device)
     g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1)
     return t.normal_(0.0, std, generator=g)
+
+
+@lru_cache(maxsize=8)
+def _synthetic_init(model_dir: str) -> tuple[int, float]:
+    """A synthetic directory's seed and its draws' standard deviation: read once per process, not per tensor."""
+    seed = json.loads((Path(model_dir) / SYNTHETIC_MARKER).read_text())["init_seed"]
+    return seed, json.loads((Path(model_dir) / "config.json").read_text()).get("initializer_range", 0.02)
 
 
 def synthetic_model(model_dir: Path, device: str, dtype: str, tensor_parallel: bool = False):

@@ -60,6 +60,23 @@ def _varied_model(out: Path, smollm2_tokenizer_dir: Path) -> Path:
     return out
 
 
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", *args], capture_output=True, text=True,
+                          timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _reference(tmp_path: Path, model: Path, prompts: str, new_tokens: int) -> tuple[dict, Path]:
+    """The spec fields common to a parity test's runs (fp32, CPU) and baseline's reference tokens at batch 1."""
+    (tmp_path / "p.txt").write_text(prompts)
+    common = {"model": "tiny", "model_dir": str(model), "prompt_set": "p",
+              "prompt_spec": {"file": str(tmp_path / "p.txt")}, "max_new_tokens": new_tokens, "repetitions": 1,
+              "warmup": 1, "device": "cpu", "dtype": "float32"}
+    ref = tmp_path / "ref.json"
+    _cli("reference-tokens", "--spec", json.dumps({**common, "engine": "baseline", "batch_size": 1}), "--output", str(ref))
+    return common, ref
+
+
 def _synthetic_varied(out: Path, smollm2_gguf: Path) -> Path:
     """A synthetic llama-tiny whose draws are wide (initializer_range 0.3, read by models.synthetic_draw)."""
     from inference_optim_llm.models import download_model
@@ -80,24 +97,14 @@ def test_two_processes_give_every_token_of_one(tmp_path, smollm2_dir, smollm2_gg
         model = _varied_model(tmp_path / "model", smollm2_dir)
     else:
         model = _synthetic_varied(tmp_path / "model", smollm2_gguf)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("The capital of France is\nOnce upon a time\nIn 1905, Einstein\nA B C D E F G\n")
-    common = {"model": "tiny", "model_dir": str(model), "prompt_set": "p", "prompt_spec": {"file": str(prompts)},
-              "max_new_tokens": 24, "repetitions": 1, "warmup": 1, "device": "cpu", "dtype": "float32"}
-
-    def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", *args], capture_output=True, text=True,
-                              timeout=900, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    ref = tmp_path / "ref.json"
-    cli("reference-tokens", "--spec", json.dumps({**common, "engine": "baseline", "batch_size": 1}), "--output", str(ref))
+    common, ref = _reference(tmp_path, model, "The capital of France is\nOnce upon a time\nIn 1905, Einstein\n"
+                             "A B C D E F G\n", 24)
     flat = [t for seq in json.loads(ref.read_text())["tokens"] for t in seq]
     assert len(set(flat)) > 20          # varied text, not one token repeated: parity is not trivially true
     cells = [("compiled", 2), ("baseline", 2)] + ([("compiled", 1)] if source == "synthetic" else [])
     for engine, gpus in cells:
         out = tmp_path / f"{engine}-{gpus}.json"
-        cli("bench", "--spec", json.dumps({**common, "engine": engine, "batch_size": 2, "gpus": gpus,
+        _cli("bench", "--spec", json.dumps({**common, "engine": engine, "batch_size": 2, "gpus": gpus,
                                            "reference": str(ref)}), "--output", str(out))
         r = json.loads(out.read_text())
         assert r["status"] == "ok" and r["target"]["gpus"] == gpus, (engine, gpus, r.get("reason"))
@@ -212,20 +219,10 @@ def test_a_compiled_prefill_gives_every_token_of_baseline(tmp_path, smollm2_dir)
     compiled forward), batch 2 of prompts of different lengths, fp32 on the CPU: every token equals baseline's
     at batch 1. (A padding row that saw no column gave NaN before the mask let it see itself.)"""
     model = _varied_model(tmp_path / "model", smollm2_dir)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("The capital of France is\nOnce upon a time there was\nIn 1905\nA B C D E F G H I J K\n")
-    common = {"model": "tiny", "model_dir": str(model), "prompt_set": "p", "prompt_spec": {"file": str(prompts)},
-              "max_new_tokens": 16, "repetitions": 1, "warmup": 1, "device": "cpu", "dtype": "float32"}
-
-    def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", *args], capture_output=True, text=True,
-                              timeout=900, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    ref = tmp_path / "ref.json"
-    cli("reference-tokens", "--spec", json.dumps({**common, "engine": "baseline", "batch_size": 1}), "--output", str(ref))
+    common, ref = _reference(tmp_path, model, "The capital of France is\nOnce upon a time there was\nIn 1905\n"
+                             "A B C D E F G H I J K\n", 16)
     out = tmp_path / "compiled.json"
-    cli("bench", "--spec", json.dumps({**common, "engine": "compiled", "batch_size": 2, "reference": str(ref),
+    _cli("bench", "--spec", json.dumps({**common, "engine": "compiled", "batch_size": 2, "reference": str(ref),
                                        "engine_options": {"prefill": "compiled"}}), "--output", str(out))
     r = json.loads(out.read_text())
     assert r["status"] == "ok" and r["settings"]["engine_options"] == {"prefill": "compiled"}, r.get("reason")
