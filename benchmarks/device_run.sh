@@ -12,6 +12,10 @@
 # then run b on the same builds), each run's report, and a compare of the two; two calls, the second at once:
 #   bash benchmarks/device_run.sh trust        # carry .whl .carry/models; starts it, follows 560 s
 #   bash benchmarks/device_run.sh trust-wait   # follows it to the end; everything under results/trust
+# Issue 15 (one GPU; carry .whl .carry/models): `study` profiles the step with torch's and the project's kernels
+# and measures the GEMV floors; `issue15` then `issue15-wait` (at once) run kernel_check, the floors, the compiled
+# cells of config/gpu.yaml's synthetic shapes (bf16 and fp8, batch 1 and 16) and a profile of each shape: 17 min
+# on an H200 (2026-11-28, docs/results/nvidia-h200-kernels.md).
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
 STATE=results/device
@@ -36,12 +40,12 @@ start() {  # $1: log name; the rest: snakemake targets
 follow() {  # $1: seconds at most
   local end=$((SECONDS + $1))
   while [ $SECONDS -lt $end ] && running; do
-    sleep 10; echo "$(date +%T) results: $(ls results/runs/*/*/*/*.json 2>/dev/null | wc -l)," \
+    sleep 10; echo "$(date +%T) results: $(ls results/runs/*/*/*/*.json $STATE/*.json 2>/dev/null | wc -l)," \
       "last log line: $(tail -c 300 $STATE/*.log 2>/dev/null | grep -v '^$' | tail -1)"
   done
 }
 pack() {  # $1: archive name
-  tar czf "$OUT/$1.tgz" results/trust results/benchmark_results.md results/summary.csv results/plots results/runs \
+  tar czf "$OUT/$1.tgz" results/trust results/issue15 results/benchmark_results.md results/summary.csv results/plots results/runs \
     results/calibration results/reference results/logs results/device resources/engines/*/*/build_info.json \
     2>/dev/null
   ls -la "$OUT"
@@ -65,7 +69,79 @@ trust_run() {  # $1: a or b. Its result files, records and logs go to results/tr
     --title "Trust run $1 (issue 13)"
   return $rc
 }
+study_job() {  # issue 15: GEMV floors and the compiled step's profile, torch's GEMVs against gemv.py's kernel
+  local m k f
+  python3 -m inference_optim_llm calibrate --output $STATE/bandwidth.json --device cuda > $STATE/calibrate.log 2>&1
+  for m in 1b 8b; do
+    f=$([ $m = 1b ] && echo llama-3.2-1b || echo llama-3.1-8b)
+    for k in torch triton; do
+      timeout 120 python3 benchmarks/gemv_floor.py --preset $f --kernel $k > $STATE/floor-$m-$k.json 2> $STATE/floor-$m-$k.log
+      timeout 120 python3 benchmarks/gemv_floor.py --preset $f --kernel $k --weights fp8 > $STATE/floor-$m-$k-fp8.json 2>> $STATE/floor-$m-$k.log
+    done
+  done
+  # name | model | profile_step arguments
+  while read -r name m args; do
+    timeout 200 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
+      --calibration $STATE/bandwidth.json --out $STATE/profile-$name.json $args > $STATE/profile-$name.log 2>&1
+  done <<'RUNS'
+1b-torch 1b
+1b-triton 1b --option gemv=triton --option prefill=compiled
+8b-torch 8b
+8b-triton 8b --option gemv=triton --option prefill=compiled
+1b-triton-fp8 1b --option gemv=triton --weights fp8
+8b-triton-fp8 8b --option gemv=triton --weights fp8
+1b-triton-bs16 1b --option gemv=triton --option prefill=compiled --batch 16
+RUNS
+  date -u +%FT%TZ > $STATE/study-end
+}
+K15=(results/runs/llama-{1b,8b}/compiled/tok64/bs{1,16}{,-fp8}.json)
+issue15_job() {  # issue 15's run on one card: the kernels checked, the GEMV floors, the compiled cells, profiles
+  local m f k
+  date -u +%FT%TZ > $STATE/issue15-start
+  python3 benchmarks/kernel_check.py > $STATE/kernel_check.json 2> $STATE/kernel_check.log
+  for m in 1b 8b; do
+    f=$([ $m = 1b ] && echo llama-3.2-1b || echo llama-3.1-8b)
+    for k in torch triton; do
+      python3 benchmarks/gemv_floor.py --preset $f --kernel $k > $STATE/floor-$m-$k.json 2> $STATE/floor-$m-$k.log
+    done
+    python3 benchmarks/gemv_floor.py --preset $f --kernel triton --weights fp8 > $STATE/floor-$m-triton-fp8.json 2>> $STATE/floor-$m-triton.log
+  done
+  "${SNAKEMAKE[@]}" "${K15[@]}" > $STATE/issue15-snakemake.log 2>&1
+  python3 -m inference_optim_llm aggregate results/runs/*/*/*/*.json --calibration results/calibration/bandwidth.json \
+    --out-md results/issue15/benchmark_results.md --out-csv results/issue15/summary.csv --plots-dir results/issue15/plots \
+    --title "compiled at its defaults on the synthetic shapes (issue 15)" > $STATE/aggregate.log 2>&1
+  for m in 1b 8b; do   # the step at the defaults, from the build's cache
+    timeout 150 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
+      --artifact resources/engines/llama-$m/compiled --calibration results/calibration/bandwidth.json \
+      --out $STATE/profile-$m.json > $STATE/profile-$m.log 2>&1
+  done
+  date -u +%FT%TZ > $STATE/issue15-end
+}
 case "$1" in
+issue15)   # on one GPU; carry .whl .carry/models. Starts the job and follows it; `issue15-wait` follows again
+  for m in .carry/models/llama-{1b,8b}; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
+  setsid nohup bash benchmarks/device_run.sh issue15-job > "$STATE/issue15.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow "${2:-560}"
+  pack issue15 ;;
+issue15-job) issue15_job ;;
+issue15-wait)
+  follow "${2:-560}"
+  tail -20 $STATE/issue15-snakemake.log
+  pack issue15 ;;
+study)   # issue 15, on one GPU; carry .whl .carry/models. Background job, followed; `study-wait` follows again
+  for m in .carry/models/llama-{1b,8b}; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
+  date -u +%FT%TZ > $STATE/study-start
+  setsid nohup bash benchmarks/device_run.sh study-job > "$STATE/study.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow "${2:-560}"
+  pack study ;;
+study-job) study_job ;;
+study-wait)
+  follow "${2:-560}"
+  pack study ;;
 synthetic)
   cp .carry/gguf1/* resources/downloads/parts/
   for m in .carry/models/*; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done

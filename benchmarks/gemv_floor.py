@@ -31,13 +31,33 @@ def matrices(shape: dict) -> list[tuple[int, int]]:
     return per_layer * layers + [(shape["vocab_size"], h)]
 
 
-def measure(shape: dict, batch: int, dtype: torch.dtype, device: str, repeats: int) -> dict:
+def measure(shape: dict, batch: int, dtype: torch.dtype, device: str, repeats: int, kernel: str = "torch",
+            weights: str = "default") -> dict:
+    """kernel torch: F.linear (or fp8.linear, torch._scaled_mm); triton: kernels.gemv (batch 1), plain,
+    with no prologue or epilogue. weights fp8: e4m3 and a scale per row (fp8.py)."""
+    from inference_optim_llm import fp8, kernels
     ws = [torch.randn(o, i, dtype=dtype, device=device) * 0.02 for o, i in matrices(shape)]
     # One input per input width (hidden, attention output, MLP inner): each product reads its weight once.
     inputs = {i: torch.randn(batch, i, dtype=dtype, device=device) for _, i in matrices(shape)}
+    want = [F.linear(inputs[w.shape[1]], w) for w in ws[:4]] if kernel == "triton" else None
+    if weights == "fp8":
+        ws = [fp8.quantize_rows(w) for w in ws]
+    if kernel == "triton" and batch != 1:
+        raise SystemExit("--kernel triton multiplies one row: --batch 1")
+
+    def product(w):
+        x = inputs[(w[0] if isinstance(w, tuple) else w).shape[1]]
+        if kernel == "triton":
+            q, scale = w if isinstance(w, tuple) else (w, None)
+            return kernels.gemv(x, q, scale=scale)
+        return fp8.linear(x, *w) if isinstance(w, tuple) else F.linear(x, w)
 
     def chain():
-        return [F.linear(inputs[w.shape[1]], w) for w in ws]
+        return [product(w) for w in ws]
+
+    # The kernel's products against F.linear (one layer's four): their largest relative error.
+    error = max(((product(w).float() - y.float()).norm() / y.float().norm()).item()
+                for w, y in zip(ws, want)) if want else None
 
     times = []
     if device.startswith("cuda"):
@@ -65,11 +85,12 @@ def measure(shape: dict, batch: int, dtype: torch.dtype, device: str, repeats: i
             t = time.perf_counter()
             chain()
             times.append(time.perf_counter() - t)
-    weight_bytes = sum(w.numel() * w.element_size() for w in ws)
+    weight_bytes = sum(t.numel() * t.element_size() for w in ws for t in (w if isinstance(w, tuple) else (w,)))
     floor_s = statistics.median(times)
     return {"matrices": len(ws), "weight_bytes": weight_bytes, "floor_ms": floor_s * 1e3,
             "floor_gb_s": weight_bytes / floor_s / 1e9, "spread_ms": [min(times) * 1e3, max(times) * 1e3],
-            "repeats": repeats, "cuda_graph": device.startswith("cuda")}
+            "repeats": repeats, "cuda_graph": device.startswith("cuda"), "kernel": kernel, "weights": weights,
+            "max_relative_error_vs_f_linear": error}
 
 
 def main(argv=None) -> int:
@@ -81,12 +102,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--kernel", default="torch", choices=["torch", "triton"],
+                    help="torch: F.linear (the floor of torch GEMVs); triton: kernels.gemv, batch 1")
+    ap.add_argument("--weights", default="default", choices=["default", "fp8"])
     ap.add_argument("--tpot-ms", type=float, help="compiled's TPOT of the same shape and batch: its share of the floor")
     a = ap.parse_args(argv)
     result = {"preset": a.preset, "batch": a.batch, "dtype": a.dtype, "device": a.device,
               "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
               "torch": torch.__version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              **measure(SYNTHETIC_PRESETS[a.preset], a.batch, getattr(torch, a.dtype), a.device, a.repeats)}
+              **measure(SYNTHETIC_PRESETS[a.preset], a.batch, getattr(torch, a.dtype), a.device, a.repeats,
+                         a.kernel, a.weights)}
     if a.tpot_ms:
         result["tpot_ms"] = a.tpot_ms
         result["step_share_of_floor"] = result["floor_ms"] / a.tpot_ms   # 1.0: the step is the floor

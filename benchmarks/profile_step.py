@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--steps", type=int, default=50, help="decode steps profiled")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a compiled engine option (engine_options.compiled), e.g. kernels=torch, prefill=eager")
+    ap.add_argument("--weights", default="default", choices=["default", "fp8"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cpu-smoke", action="store_true", help="check this script on a CPU (no kernels)")
     a = ap.parse_args()
@@ -61,19 +64,22 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if dev == "cuda" else None
 
     model_dir, B, P, N = Path(a.model_dir), a.batch, a.prompt_len, a.new_tokens
-    s = shape_settings(model_dir, "compiled", B, P, N, dev, dtype, artifact_dir=a.artifact)
+    options = dict(o.split("=", 1) for o in a.option)
+    s = shape_settings(model_dir, "compiled", B, P, N, dev, dtype, options, artifact_dir=a.artifact,
+                       weights=a.weights)
     e = CompiledEngine(s)
     t = time.perf_counter()
     e.load()
     prompts = random_token_ids(P, B, model_facts(model_dir)["vocab_size"], seed=0)
     e.generate(prompts, N)                                   # compiles (or loads) and captures the graph
     first_s = time.perf_counter() - t
-    tpots = []
-    for _ in range(3):
+    tpots, ttfts = [], []
+    for _ in range(5):
         out = e.generate(prompts, N)
         times = out.token_times_s[0]
         tpots.append((times[-1] - times[0]) / (N - 1))
-    tpot = statistics.median(tpots)
+        ttfts.append(times[0])                             # from generate()'s start: padding, prefill, first token
+    tpot, ttft = statistics.median(tpots), statistics.median(ttfts)
 
     # K decode steps, called exactly as generate() calls them (same shapes and strides: no recompile).
     net = e.net
@@ -107,17 +113,19 @@ def main() -> None:
     busy_us = sum(v[1] for v in by_kind.values()) / K
 
     facts = model_facts(model_dir)
-    weight_bytes = bandwidth.weight_bytes(facts, dtype)
+    weight_bytes = bandwidth.weight_bytes(facts, dtype, a.weights)
     calib = json.loads(Path(a.calibration).read_text()) if a.calibration else bandwidth.measure(dev, 256)
     calib.setdefault("gpu_name", gpu)
-    bw = bandwidth.decode_bandwidth(facts, dtype, B, P, N, tpot, calib, gpu)
+    bw = bandwidth.decode_bandwidth(facts, dtype, B, P, N, tpot, calib, gpu, weights=a.weights)
     mm_us = by_kind.get("matmul", [0, 0.0])[1] / K
     result = {
         "gpu": gpu, "torch": torch.__version__,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_dir": str(model_dir), "batch": B, "prompt_len": P, "new_tokens": N, "steps_profiled": K,
         "compile_cache_loaded": e.cache_loaded, "first_batch_s": first_s,
-        "tpot_ms": tpot * 1e3, "tokens_per_s": B / tpot, "fraction_of_measured": bw["fraction_of_measured"],
+        "options": options, "weights": a.weights,
+        "tpot_ms": tpot * 1e3, "tokens_per_s": B / tpot, "tpot_ms_runs": [t * 1e3 for t in tpots],
+        "ttft_ms": ttft * 1e3, "ttft_in_decode_steps": ttft / tpot, "ttft_ms_runs": [t * 1e3 for t in ttfts], "fraction_of_measured": bw["fraction_of_measured"],
         "measured_gb_s": calib["bandwidth_gb_s"], "achieved_gb_s": bw["achieved_gb_s"],
         "profiled_step_wall_us": wall * 1e6, "gpu_busy_us_per_step": busy_us,
         "kernels_per_step": len(kernels) / K,

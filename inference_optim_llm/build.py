@@ -42,14 +42,14 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
 
     import torch
 
-    from inference_optim_llm.engines.compiled import INDUCTOR_DIR, cache_len
+    from inference_optim_llm.engines.compiled import INDUCTOR_DIR, cache_len, option_defaults
     from inference_optim_llm.models import load_tokenizer
 
     device = resolve_device(spec["device"])
     tok = load_tokenizer(Path(spec["model_dir"]), spec.get("trust_remote_code", False))
     shapes = {}
     for batch, longest in compiled_shapes(spec, tok):
-        prefill = spec.get("engine_options", {}).get("prefill", "eager")
+        prefill = {**option_defaults(device), **spec.get("engine_options", {})}["prefill"]
         shapes.setdefault((batch, cache_len(longest, spec["max_new_tokens"], prefill)), longest)
     cache_dir = str(Path(out_dir).resolve() / INDUCTOR_DIR)
     spawn = multiprocessing.get_context("spawn")   # a fresh interpreter per shape, as a benchmark job is

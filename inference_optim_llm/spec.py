@@ -101,14 +101,14 @@ def engine_settings(spec: BenchSpec, device: str, dtype: str, max_input_len: int
 
 def shape_settings(model_dir, engine: str, batch_size: int, prompt_len: int, max_new_tokens: int, device: str,
                    dtype: str, options: dict | None = None, artifact_dir=None, seed: int = 0,
-                   trust_remote_code: bool = False) -> EngineSettings:
+                   trust_remote_code: bool = False, weights: str = "default") -> EngineSettings:
     """An engine's settings for one shape outside a benchmark target (a build's compile step, the GPU
     checks, the profiler), through BenchSpec's checks and the one constructor above."""
     spec = BenchSpec(model="shape", model_dir=str(model_dir), engine=engine, prompt_set="shape",
                      prompt_spec={"tokens": prompt_len, "count": 1}, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
                      engine_options=options or {}, artifact_dir=str(artifact_dir) if artifact_dir else None,
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, weights=weights)
     return engine_settings(spec, device, dtype, prompt_len)
 
 

@@ -6,9 +6,12 @@
 - The decode step is compiled with torch.compile; on CUDA with mode="reduce-overhead", so it is
   replayed as a CUDA graph. Tokens go into a preallocated buffer; nothing is copied to the host until
   the batch ends, so there is no host sync per token.
+- On CUDA (option kernels: triton, the default there) each batch-1 product is one Triton kernel with the RMS
+  norm, SiLU * up or residual add beside it folded in, and a decode step's attention reads the cache only up to
+  the query (kernels.py); elsewhere, and with kernels: torch, torch's ops.
 - On the CPU the same step is compiled without graphs (what CI runs).
-- Prefill runs the same forward over the padded prompts: eagerly (option prefill: eager, the default), or
-  compiled (prefill: compiled) at the prompt width rounded up to a multiple of 64, extra padding masked.
+- Prefill runs the same forward over the padded prompts: compiled (prefill: compiled, the default on CUDA) at
+  the prompt width rounded up to a multiple of 64, extra padding masked, or eagerly (the default on the CPU).
 - With `gpus` N > 1 the layers are split over N processes (tensor parallel, tp.py): this process is rank 0
   and drives the benchmark; the workers follow it, batch by batch.
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_optim_llm import fp8, tp
+from inference_optim_llm import fp8, kernels, tp
 from inference_optim_llm.engines.base import BatchOutput, EngineUnavailable, TorchEngine
 from inference_optim_llm.engines.baseline import pad_left
 from inference_optim_llm.engines.timing import TokenClock
@@ -54,7 +57,7 @@ class FusedLlama(torch.nn.Module):
     holds more than its share and one layer's weights."""
 
     def __init__(self, cfg, get, batch_size: int, max_len: int, device: str, rank: int = 0, world: int = 1,
-                 weights: str = "default"):
+                 weights: str = "default", kernel_set: str = "torch"):
         super().__init__()
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -63,6 +66,7 @@ class FusedLlama(torch.nn.Module):
         self.n_kv = cfg.num_key_value_heads // world
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
+        self.triton = kernel_set == "triton"   # kernels.py's kernels in the decode step (the engine checked they run)
         self.embed = get("model.embed_tokens.weight")
         with torch.device(device):
             self.rotary = LlamaRotaryEmbedding(config=cfg)
@@ -108,7 +112,7 @@ class FusedLlama(torch.nn.Module):
         """tokens, positions: (B, T); cache_pos: (T,) cache columns written; valid: (B, L) bool, the
         columns holding real tokens (left padding is False). Returns the last position's argmax (B,)."""
         x = self.hidden(tokens, positions, cache_pos, valid)
-        return linear(self.rms(x[:, -1], self.final_norm), self.lm_head).argmax(dim=-1)
+        return argmax(self.mm(x[:, -1], self.lm_head, norm=self.final_norm))
 
     def logits(self, tokens):
         """Every position's logits (float32) for one sequence from cache column 0, eager: perplexity
@@ -128,16 +132,17 @@ class FusedLlama(torch.nn.Module):
         # A query at cache column c sees the valid columns <= c. The query heads that share a KV head
         # become extra query rows of that head (grouped-query attention without copying the cache).
         group = self.n_heads // self.n_kv
-        # A padding column's query sees itself too, so that no row is fully masked (softmax over nothing is
-        # NaN, and NaN keys and values would reach the cache); a real query never sees a padding column.
-        col, row = self.kv_index[None, None, None, :], cache_pos[None, None, :, None]
-        mask = (valid[:, None, None, :] | (col == row)) & (col <= row)
-        if T > 1:
-            mask = mask.repeat(1, 1, group, 1)
         nq, nkv, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
+        own_attention = self.triton and T == 1 and kernels.attention_fits(group, hd)   # a decode step
+        if not own_attention:
+            # A padding column's query sees itself too, so that no row is fully masked (softmax over nothing
+            # is NaN, and NaN keys and values would reach the cache); a real query never sees a padding column.
+            col, row = self.kv_index[None, None, None, :], cache_pos[None, None, :, None]
+            mask = (valid[:, None, None, :] | (col == row)) & (col <= row)
+            if T > 1:
+                mask = mask.repeat(1, 1, group, 1)
         for i, w in enumerate(self.layers):
-            h = self.rms(x, w["norm1"])
-            q, k, v = linear(h, w["wqkv"]).split([nq, nkv, nkv], dim=-1)
+            q, k, v = self.mm(x, w["wqkv"], norm=w["norm1"]).split([nq, nkv, nkv], dim=-1)
             q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
             k = k.view(B, T, self.n_kv, hd).transpose(1, 2)
             v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
@@ -145,13 +150,44 @@ class FusedLlama(torch.nn.Module):
             self.k_cache[i].index_copy_(2, cache_pos, k)
             self.v_cache[i].index_copy_(2, cache_pos, v)
             q = q.reshape(B, self.n_kv, group * T, hd)
-            o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
+            if own_attention:   # reads the cache only up to the query's column
+                o = kernels.decode_attention(q, self.k_cache[i], self.v_cache[i], valid, cache_pos)
+            else:
+                o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
             o = o.view(B, self.n_heads, T, hd)
-            x = x + tp.all_reduce(linear(o.transpose(1, 2).reshape(B, T, nq), w["wo"]), self.world)
-            h = self.rms(x, w["norm2"])
-            g, u = linear(h, w["wgu"]).chunk(2, dim=-1)
-            x = x + tp.all_reduce(linear(F.silu(g) * u, w["wd"]), self.world)
+            x = self.mm(o.transpose(1, 2).reshape(B, T, nq), w["wo"], residual=x)
+            gu = self.mm(x, w["wgu"], norm=w["norm2"])
+            x = self.mm(gu, w["wd"], glu=True, residual=x)
         return x
+
+    def mm(self, x, w, norm=None, glu=False, residual=None):
+        """linear(x, w) with its neighbours: the input RMS-normed by `norm`, or the input's gate and up halves
+        as silu(gate) * up (glu); `residual` plus the output summed over the ranks. At batch 1 with option
+        kernels: triton, one kernel (kernels.gemv); else torch's ops, as written below."""
+        one_row = x.numel() == x.shape[-1]   # a shape: fixed when the step is compiled
+        if self.triton and one_row and (residual is None or self.world == 1):
+            q, scale = w if isinstance(w, tuple) else (w, None)
+            return kernels.gemv(x, q, norm=norm, eps=self.eps, glu=glu, residual=residual, scale=scale)
+        if norm is not None:
+            x = self.rms(x, norm)
+        if glu:
+            g, u = x.chunk(2, dim=-1)
+            x = F.silu(g) * u
+        y = linear(x, w)
+        return y if residual is None else residual + tp.all_reduce(y, self.world)
+
+
+def argmax(logits, chunk: int = 1024):
+    """logits.argmax(-1), in two reductions: over chunks of the vocabulary, then over the chunks' maxima (one
+    row of 128256 logits in one reduction is a single program's serial work: 30 us on an H200). The first
+    index of the largest value wins, as in torch.argmax; padding of -inf never does."""
+    V = logits.shape[-1]
+    if V <= chunk:
+        return logits.argmax(dim=-1)
+    padded = F.pad(logits, (0, -V % chunk), value=float("-inf")).unflatten(-1, (-1, chunk))
+    best, where = padded.max(dim=-1)                     # per chunk
+    c = best.argmax(dim=-1, keepdim=True)                # the first chunk holding the maximum
+    return (c * chunk + where.gather(-1, c)).squeeze(-1)
 
 
 def linear(x, w):
@@ -176,7 +212,8 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         # The build compiles one process's shapes: a tensor-parallel step compiles in its own job.
         loaded = self.cache_loaded and self.settings.gpus == 1 and self.settings.weights == "default"
         own = {"compile_cache_loaded": loaded} if self.settings.max_new_tokens > 1 else {}
-        return {**own, **self.collective_fields()}
+        kernel_set, prefill = resolved_options(self.settings)
+        return {**own, "kernels": kernel_set, "prefill": prefill, **self.collective_fields()}
 
     def load(self) -> None:
         s = self.settings
@@ -186,6 +223,9 @@ class CompiledEngine(tp.Ranks, TorchEngine):
                                     f"{s.model_dir} is {cfg_type!r}")
         if s.weights == "fp8":
             check_fp8(s)
+        if s.options.get("kernels") == "triton" and not kernels.available(s.device):
+            raise EngineUnavailable(f"option kernels: triton needs Triton and a GPU; device {s.device}"
+                                    + ("" if kernels.triton else ", and Triton is not installed"))
         self.start_ranks("inference_optim_llm.engines.compiled:CompiledEngine")
         self.load_share(self._load)
 
@@ -200,13 +240,14 @@ class CompiledEngine(tp.Ranks, TorchEngine):
         cfg = AutoConfig.from_pretrained(s.model_dir, trust_remote_code=s.trust_remote_code)
         device = f"cuda:{torch.cuda.current_device()}" if self.cuda else s.device   # this rank's GPU
         get = weights(s.model_dir, device, s.dtype, s.trust_remote_code)
-        self.prefill_mode = s.options.get("prefill", "eager")
+        self.kernel_set, self.prefill_mode = resolved_options(s)
         self.max_len = int(s.options.get("cache_len") or cache_len(s.max_input_len, s.max_new_tokens, self.prefill_mode))
-        self.net = FusedLlama(cfg, get, s.max_batch_size, self.max_len, device, self.rank, s.gpus, s.weights)
+        self.net = FusedLlama(cfg, get, s.max_batch_size, self.max_len, device, self.rank, s.gpus, s.weights,
+                              self.kernel_set)
         mode = s.options.get("mode", "reduce-overhead" if self.cuda else "default")
         self.step = torch.compile(self.net, mode=mode, fullgraph=True, dynamic=False)
         # prefill "compiled": the same compiled forward at the bucketed prompt width (its own graph, and on
-        # CUDA its own CUDA graph); "eager" (default until measured on the GPUs): the forward run eagerly.
+        # CUDA its own CUDA graph); "eager": the forward run eagerly.
         self.prefill = self.step if self.prefill_mode == "compiled" else self.net
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> BatchOutput:
@@ -266,6 +307,21 @@ class CompiledEngine(tp.Ranks, TorchEngine):
             self.private_cache = None
         if self.settings.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def option_defaults(device: str) -> dict:
+    """On CUDA the kernels triton (where Triton is installed) and the prefill compiled, as measured faster on
+    an H200 (docs/results/nvidia-h200-kernels.md); on the CPU torch's ops and an eager prefill (compiling every
+    prompt width there costs more than it saves)."""
+    cuda = device.startswith("cuda")
+    return {"kernels": "triton" if cuda and kernels.available(device) else "torch",
+            "prefill": "compiled" if cuda else "eager"}
+
+
+def resolved_options(s) -> tuple[str, str]:
+    """(kernels, prefill): as given in the engine's options, else option_defaults."""
+    options = {**option_defaults(s.device), **s.options}
+    return options["kernels"], options["prefill"]
 
 
 def check_fp8(s) -> None:
