@@ -101,11 +101,16 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
             "cache_bytes": sum(p.stat().st_size for p in (Path(out_dir) / INDUCTOR_DIR).rglob("*") if p.is_file())}
 
 
+# The compiled step's generation, part of its build key: 2 since its Triton kernels and compiled prefill became
+# the defaults on CUDA (an older artifact holds other graphs and other cache lengths). Bump when that changes.
+STEP = 2
+
+
 def compiled_build_key(options: dict) -> dict:
     """Generated kernels belong to one torch and one GPU: both are part of the build's cache key (as
     seen where the workflow starts; inductor's own keys reject a mismatch, at compile cost)."""
     from inference_optim_llm.hostfacts import compute_capability, installed_version
-    return {"torch_version": installed_version("torch"), "compute_capability": compute_capability()}
+    return {"torch_version": installed_version("torch"), "compute_capability": compute_capability(), "step": STEP}
 
 
 def _compile_worker(spec: dict, cache_dir: str, batch: int, longest: int, send) -> None:
@@ -142,7 +147,7 @@ def compile_one_shape(spec: dict, batch: int, longest: int) -> None:
 
 BUILD_SPEC_KEYS = {"model_dir", "batch_sizes", "prompt_sets", "max_new_tokens", "seed", "device", "dtype",
                    "engine_options", "strict", "trust_remote_code", "trtllm_version", "compute_capability",
-                   "installed_trtllm", "torch_version"}
+                   "installed_trtllm", "torch_version", "step"}
 
 
 def check_build_spec(engine: str, spec: dict) -> None:

@@ -71,7 +71,7 @@ if triton is not None:
                      NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, SCALE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         dt = y_ptr.dtype.element_ty
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         sq = tl.zeros((BLOCK_K,), tl.float32)
@@ -114,7 +114,7 @@ if triton is not None:
         cols = c * CHUNK + tl.arange(0, CHUNK)
         pos = tl.load(pos_ptr)
         ok = (cols <= pos) & (tl.load(valid_ptr + b * L + cols, mask=cols <= pos, other=0) != 0)
-        head = b * n_kv + h
+        head = (b * n_kv + h).to(tl.int64)   # offsets in 64 bits: a long cache passes 2**31 elements
         q = tl.load(q_ptr + (head * GROUP + g[:, None]) * HD + d[None, :], mask=g[:, None] < GROUP, other=0.0)
         kv = head * L * HD + cols[:, None] * HD + d[None, :]
         k = tl.load(k_ptr + kv, mask=ok[:, None], other=0.0)
@@ -132,7 +132,7 @@ if triton is not None:
     @triton.jit
     def _attention_combine_kernel(acc_ptr, ml_ptr, pos_ptr, o_ptr, n_chunks, GROUP: tl.constexpr,
                                   ROWS: tl.constexpr, HD: tl.constexpr, CHUNK: tl.constexpr):
-        head = tl.program_id(0)
+        head = tl.program_id(0).to(tl.int64)
         g, d = tl.arange(0, ROWS), tl.arange(0, HD)
         filled = tl.load(pos_ptr) // CHUNK + 1        # the chunks up to the query's column; the rest hold nothing
         top = tl.full((ROWS,), float("-inf"), tl.float32)
@@ -189,7 +189,8 @@ def _launch_attention(q, k_cache, v_cache, valid, cache_pos):
 @torch.library.custom_op("iol::gemv", mutates_args=())
 def _gemv_op(x: torch.Tensor, w: torch.Tensor, norm: Optional[torch.Tensor], residual: Optional[torch.Tensor],
              scale: Optional[torch.Tensor], eps: float, glu: bool) -> torch.Tensor:
-    return _launch_gemv(x.contiguous(), w, norm, residual, scale, eps, glu)
+    c = lambda t: None if t is None else t.contiguous()   # noqa: E731  (the kernel indexes them densely)
+    return _launch_gemv(x.contiguous(), w.contiguous(), c(norm), c(residual), c(scale), eps, glu)
 
 
 @_gemv_op.register_fake
@@ -200,12 +201,13 @@ def _(x, w, norm, residual, scale, eps, glu):
 @torch.library.custom_op("iol::decode_attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid: torch.Tensor,
                   cache_pos: torch.Tensor) -> torch.Tensor:
-    return _launch_attention(q.contiguous(), k_cache, v_cache, valid.contiguous(), cache_pos)
+    return _launch_attention(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), valid.contiguous(),
+                             cache_pos)
 
 
 @_attention_op.register_fake
 def _(q, k_cache, v_cache, valid, cache_pos):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)   # contiguous, as the kernel writes it
 
 
 def gemv(x, w, norm=None, eps: float = 1e-6, glu: bool = False, residual=None, scale=None):

@@ -223,6 +223,9 @@ class CompiledEngine(tp.Ranks, TorchEngine):
                                     f"{s.model_dir} is {cfg_type!r}")
         if s.weights == "fp8":
             check_fp8(s)
+        if s.options.get("kernels") == "triton" and s.gpus > 1:
+            # each rank would tune its own kernels, and sums in another order can part the ranks' tokens
+            raise EngineUnavailable(f"option kernels: triton runs on one GPU; gpus is {s.gpus}")
         if s.options.get("kernels") == "triton" and not kernels.available(s.device):
             raise EngineUnavailable(f"option kernels: triton needs Triton and a GPU; device {s.device}"
                                     + ("" if kernels.triton else ", and Triton is not installed"))
@@ -309,18 +312,19 @@ class CompiledEngine(tp.Ranks, TorchEngine):
             torch.cuda.empty_cache()
 
 
-def option_defaults(device: str) -> dict:
-    """On CUDA the kernels triton (where Triton is installed) and the prefill compiled, as measured faster on
-    an H200 (docs/results/nvidia-h200-kernels.md); on the CPU torch's ops and an eager prefill (compiling every
+def option_defaults(device: str, gpus: int = 1) -> dict:
+    """On one CUDA GPU the kernels triton (where Triton is installed) and the prefill compiled, as measured faster
+    on an H200 (docs/results/nvidia-h200-kernels.md); with several GPUs torch's kernels (the Triton ones have not
+    been measured in a tensor-parallel step yet); on the CPU torch's ops and an eager prefill (compiling every
     prompt width there costs more than it saves)."""
     cuda = device.startswith("cuda")
-    return {"kernels": "triton" if cuda and kernels.available(device) else "torch",
+    return {"kernels": "triton" if cuda and gpus == 1 and kernels.available(device) else "torch",
             "prefill": "compiled" if cuda else "eager"}
 
 
 def resolved_options(s) -> tuple[str, str]:
     """(kernels, prefill): as given in the engine's options, else option_defaults."""
-    options = {**option_defaults(s.device), **s.options}
+    options = {**option_defaults(s.device, s.gpus), **s.options}
     return options["kernels"], options["prefill"]
 
 
