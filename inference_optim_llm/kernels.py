@@ -71,7 +71,7 @@ if triton is not None:
                      NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, SCALE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         dt = y_ptr.dtype.element_ty
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)   # 32-bit offsets: W has < 2**31 elements
         row_ok = rows < N
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         sq = tl.zeros((BLOCK_K,), tl.float32)
@@ -157,6 +157,8 @@ def attention_fits(group: int, head_dim: int) -> bool:
 
 def _launch_gemv(x, w, norm, residual, scale, eps: float, glu: bool):
     N, K = w.shape
+    if N * K >= 2 ** 31:
+        raise ValueError(f"gemv: a weight of {N} x {K} has 2**31 elements or more (the kernel's offsets are 32-bit)")
     y = torch.empty(N, dtype=x.dtype, device=x.device)
     dummy = x   # pointers of the inputs a flag turns off (never read)
     args = (x, w, y, dummy if norm is None else norm, dummy if residual is None else residual,
