@@ -158,7 +158,8 @@ def attention_fits(group: int, head_dim: int) -> bool:
 def _launch_gemv(x, w, norm, residual, scale, eps: float, glu: bool):
     N, K = w.shape
     if N * K >= 2 ** 31:
-        raise ValueError(f"gemv: a weight of {N} x {K} has 2**31 elements or more (the kernel's offsets are 32-bit)")
+        raise ValueError(f"gemv: a weight of {N} x {K} has 2**31 elements or more (the kernel's offsets are 32-bit; "
+                         "the compiled engine uses torch's product for it)")
     y = torch.empty(N, dtype=x.dtype, device=x.device)
     dummy = x   # pointers of the inputs a flag turns off (never read)
     args = (x, w, y, dummy if norm is None else norm, dummy if residual is None else residual,

@@ -165,8 +165,8 @@ class FusedLlama(torch.nn.Module):
         as silu(gate) * up (glu); `residual` plus the output summed over the ranks. At batch 1 with option
         kernels: triton, one kernel (kernels.gemv); else torch's ops, as written below."""
         one_row = x.numel() == x.shape[-1]   # a shape: fixed when the step is compiled
-        if self.triton and one_row and (residual is None or self.world == 1):
-            q, scale = w if isinstance(w, tuple) else (w, None)
+        q, scale = w if isinstance(w, tuple) else (w, None)
+        if self.triton and one_row and (residual is None or self.world == 1) and q.numel() < 2 ** 31:
             return kernels.gemv(x, q, norm=norm, eps=self.eps, glu=glu, residual=residual, scale=scale)
         if norm is not None:
             x = self.rms(x, norm)
