@@ -69,43 +69,42 @@ trust_run() {  # $1: a or b. Its result files, records and logs go to results/tr
     --title "Trust run $1 (issue 13)"
   return $rc
 }
-study_job() {  # issue 15: GEMV floors and the compiled step's profile, torch's GEMVs against gemv.py's kernel
-  local m k f
-  python3 -m inference_optim_llm calibrate --output $STATE/bandwidth.json --device cuda > $STATE/calibrate.log 2>&1
+floors() {  # $@: variants, each KERNEL or KERNEL-fp8 (benchmarks/gemv_floor.py), for the 1B and 8B shapes
+  local m f v k w
   for m in 1b 8b; do
     f=$([ $m = 1b ] && echo llama-3.2-1b || echo llama-3.1-8b)
-    for k in torch triton; do
-      timeout 120 python3 benchmarks/gemv_floor.py --preset $f --kernel $k > $STATE/floor-$m-$k.json 2> $STATE/floor-$m-$k.log
-      timeout 120 python3 benchmarks/gemv_floor.py --preset $f --kernel $k --weights fp8 > $STATE/floor-$m-$k-fp8.json 2>> $STATE/floor-$m-$k.log
+    for v in "$@"; do
+      k=${v%-fp8}; w=default; [ "$v" = "$k" ] || w=fp8
+      timeout 120 python3 benchmarks/gemv_floor.py --preset $f --kernel $k --weights $w > $STATE/floor-$m-$v.json \
+        2>> $STATE/floor-$m-$k.log
     done
   done
+}
+study_job() {  # issue 15: GEMV floors and the compiled step's profile, torch's kernels against kernels.py's
+  local name m args
+  python3 -m inference_optim_llm calibrate --output $STATE/bandwidth.json --device cuda > $STATE/calibrate.log 2>&1
+  floors torch triton torch-fp8 triton-fp8
   # name | model | profile_step arguments
   while read -r name m args; do
     timeout 200 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
       --calibration $STATE/bandwidth.json --out $STATE/profile-$name.json $args > $STATE/profile-$name.log 2>&1
   done <<'RUNS'
-1b-torch 1b
-1b-triton 1b --option gemv=triton --option prefill=compiled
-8b-torch 8b
-8b-triton 8b --option gemv=triton --option prefill=compiled
-1b-triton-fp8 1b --option gemv=triton --weights fp8
-8b-triton-fp8 8b --option gemv=triton --weights fp8
-1b-triton-bs16 1b --option gemv=triton --option prefill=compiled --batch 16
+1b-torch 1b --option kernels=torch --option prefill=eager
+1b-triton 1b --option kernels=triton --option prefill=compiled
+8b-torch 8b --option kernels=torch --option prefill=eager
+8b-triton 8b --option kernels=triton --option prefill=compiled
+1b-triton-fp8 1b --option kernels=triton --weights fp8
+8b-triton-fp8 8b --option kernels=triton --weights fp8
+1b-triton-bs16 1b --option kernels=triton --option prefill=compiled --batch 16
 RUNS
   date -u +%FT%TZ > $STATE/study-end
 }
 K15=(results/runs/llama-{1b,8b}/compiled/tok64/bs{1,16}{,-fp8}.json)
 issue15_job() {  # issue 15's run on one card: the kernels checked, the GEMV floors, the compiled cells, profiles
-  local m f k
+  local m
   date -u +%FT%TZ > $STATE/issue15-start
   python3 benchmarks/kernel_check.py > $STATE/kernel_check.json 2> $STATE/kernel_check.log
-  for m in 1b 8b; do
-    f=$([ $m = 1b ] && echo llama-3.2-1b || echo llama-3.1-8b)
-    for k in torch triton; do
-      python3 benchmarks/gemv_floor.py --preset $f --kernel $k > $STATE/floor-$m-$k.json 2> $STATE/floor-$m-$k.log
-    done
-    python3 benchmarks/gemv_floor.py --preset $f --kernel triton --weights fp8 > $STATE/floor-$m-triton-fp8.json 2>> $STATE/floor-$m-triton.log
-  done
+  floors torch triton triton-fp8
   "${SNAKEMAKE[@]}" "${K15[@]}" > $STATE/issue15-snakemake.log 2>&1
   python3 -m inference_optim_llm aggregate results/runs/*/*/*/*.json --calibration results/calibration/bandwidth.json \
     --out-md results/issue15/benchmark_results.md --out-csv results/issue15/summary.csv --plots-dir results/issue15/plots \

@@ -217,7 +217,7 @@ def gemv(x, w, norm=None, eps: float = 1e-6, glu: bool = False, residual=None, s
     """`reference(...)` for one input row (x of shape (..., K) with one row), as one kernel. The result has
     x's leading shape and w's output width."""
     lead = x.shape[:-1]
-    y = _gemv_op(x.reshape(-1), w, None if norm is None else norm.contiguous(),
+    y = _gemv_op(x.reshape(-1), w, norm,
                  None if residual is None else residual.reshape(-1),
                  None if scale is None else scale.reshape(-1), float(eps), glu)
     return y.reshape(*lead, w.shape[0])
