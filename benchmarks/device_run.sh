@@ -15,7 +15,8 @@
 # Issue 15 (one GPU; carry .whl .carry/models): `study` profiles the step with torch's and the project's kernels
 # and measures the GEMV floors; `issue15` then `issue15-wait` (at once) run kernel_check, the floors, the compiled
 # cells of config/gpu.yaml's synthetic shapes (bf16 and fp8, batch 1 and 16) and a profile of each shape: 17 min
-# on an H200 (2026-11-28, docs/results/nvidia-h200-kernels.md).
+# on an H200 (2026-11-28, docs/results/nvidia-h200-kernels.md). `check` (about 6 min) checks and times the kernels
+# and profiles the step at the defaults, before spending a full run on a change.
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
 STATE=results/device
@@ -99,12 +100,23 @@ study_job() {  # issue 15: GEMV floors and the compiled step's profile, torch's 
 RUNS
   date -u +%FT%TZ > $STATE/study-end
 }
+check_job() {  # issue 15: the kernels on this card before a full run: checked, timed alone, the step profiled
+  local m
+  python3 -m inference_optim_llm calibrate --output $STATE/bandwidth.json --device cuda > $STATE/calibrate.log 2>&1
+  python3 benchmarks/kernel_check.py > $STATE/kernel_check.json 2> $STATE/kernel_check.log
+  floors torch triton fused
+  for m in 1b 8b; do   # at the defaults, compiled here (no build artifact)
+    timeout 200 python3 benchmarks/profile_step.py --model-dir resources/models/llama-$m \
+      --calibration $STATE/bandwidth.json --out $STATE/profile-$m.json > $STATE/profile-$m.log 2>&1
+  done
+  date -u +%FT%TZ > $STATE/check-end
+}
 K15=(results/runs/llama-{1b,8b}/compiled/tok64/bs{1,16}{,-fp8}.json)
 issue15_job() {  # issue 15's run on one card: the kernels checked, the GEMV floors, the compiled cells, profiles
   local m
   date -u +%FT%TZ > $STATE/issue15-start
   python3 benchmarks/kernel_check.py > $STATE/kernel_check.json 2> $STATE/kernel_check.log
-  floors torch triton triton-fp8
+  floors torch triton fused triton-fp8
   "${SNAKEMAKE[@]}" "${K15[@]}" > $STATE/issue15-snakemake.log 2>&1
   python3 -m inference_optim_llm aggregate results/runs/*/*/*/*.json --calibration results/calibration/bandwidth.json \
     --out-md results/issue15/benchmark_results.md --out-csv results/issue15/summary.csv --plots-dir results/issue15/plots \
@@ -138,6 +150,15 @@ study)   # issue 15, on one GPU; carry .whl .carry/models. Background job, follo
   follow "${2:-560}"
   pack study ;;
 study-job) study_job ;;
+check)   # issue 15, on one GPU; carry .whl .carry/models: kernel_check, GEMV floors, profiles (about 6 min)
+  for m in .carry/models/llama-{1b,8b}; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
+  date -u +%FT%TZ > $STATE/check-start
+  setsid nohup bash benchmarks/device_run.sh check-job > "$STATE/check.log" 2>&1 < /dev/null &
+  echo $! > $STATE/pid
+  follow "${2:-560}"
+  pack check ;;
+check-job) check_job ;;
 study-wait)
   follow "${2:-560}"
   pack study ;;

@@ -31,66 +31,84 @@ def matrices(shape: dict) -> list[tuple[int, int]]:
     return per_layer * layers + [(shape["vocab_size"], h)]
 
 
+ROLES = ("qkv", "o", "gate/up", "down", "lm head")   # matrices()'s order within a layer, then the head
+
+
 def measure(shape: dict, batch: int, dtype: torch.dtype, device: str, repeats: int, kernel: str = "torch",
             weights: str = "default") -> dict:
-    """kernel torch: F.linear (or fp8.linear, torch._scaled_mm); triton: kernels.gemv (batch 1), plain,
-    with no prologue or epilogue. weights fp8: e4m3 and a scale per row (fp8.py)."""
+    """kernel torch: F.linear (or fp8.linear, torch._scaled_mm); triton: kernels.gemv (batch 1), plain, with no
+    prologue or epilogue; fused: kernels.gemv with what the compiled step folds into each product (the RMS norm
+    before q/k/v, gate/up and the head, silu(gate) * up after gate/up, the residual after o and down).
+    weights fp8: e4m3 and a scale per row (fp8.py). Each role's matrices (all layers' q/k/v, ...) are also timed
+    alone: `role_ms`."""
     from inference_optim_llm import fp8, kernels
     ws = [torch.randn(o, i, dtype=dtype, device=device) * 0.02 for o, i in matrices(shape)]
+    roles = [ROLES[i % 4] for i in range(len(ws) - 1)] + [ROLES[4]]
     # One input per input width (hidden, attention output, MLP inner): each product reads its weight once.
     inputs = {i: torch.randn(batch, i, dtype=dtype, device=device) for _, i in matrices(shape)}
+    h = shape["hidden_size"]
+    norm, res = 1 + 0.1 * torch.randn(h, dtype=dtype, device=device), torch.randn(batch, h, dtype=dtype, device=device)
     want = [F.linear(inputs[w.shape[1]], w) for w in ws[:4]] if kernel == "triton" else None
     if weights == "fp8":
         ws = [fp8.quantize_rows(w) for w in ws]
-    if kernel == "triton" and batch != 1:
-        raise SystemExit("--kernel triton multiplies one row: --batch 1")
+    if kernel in ("triton", "fused") and batch != 1:
+        raise SystemExit(f"--kernel {kernel} multiplies one row: --batch 1")
 
-    def product(w):
+    def product(w, role):
         x = inputs[(w[0] if isinstance(w, tuple) else w).shape[1]]
+        q, scale = w if isinstance(w, tuple) else (w, None)
         if kernel == "triton":
-            q, scale = w if isinstance(w, tuple) else (w, None)
             return kernels.gemv(x, q, scale=scale)
+        if kernel == "fused":
+            kw = {"qkv": {"norm": norm}, "gate/up": {"norm": norm, "glu": True}, "lm head": {"norm": norm},
+                  "o": {"residual": res}, "down": {"residual": res}}[role]
+            return kernels.gemv(x, q, scale=scale, **kw)
         return fp8.linear(x, *w) if isinstance(w, tuple) else F.linear(x, w)
 
-    def chain():
-        return [product(w) for w in ws]
-
     # The kernel's products against F.linear (one layer's four): their largest relative error.
-    error = max(((product(w).float() - y.float()).norm() / y.float().norm()).item()
+    error = max(((product(w, "").float() - y.float()).norm() / y.float().norm()).item()
                 for w, y in zip(ws, want)) if want else None
 
-    times = []
-    if device.startswith("cuda"):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):      # warm-up off the capture stream, as CUDA graphs require
+    def timed(chosen) -> tuple[float, list[float]]:
+        """The products of `chosen` (indices), one after another: the median time of the chain and its spread."""
+        def chain():
+            return [product(ws[i], roles[i]) for i in chosen]
+
+        times = []
+        if device.startswith("cuda"):
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):      # warm-up off the capture stream, as CUDA graphs require
+                for _ in range(3):
+                    chain()
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outs = chain()   # noqa: F841 (the graph's outputs stay alive with it)
             for _ in range(3):
-                chain()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = chain()   # noqa: F841 (the graph's outputs stay alive with it)
-        for _ in range(3):
-            graph.replay()
-        for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            graph.replay()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-    else:
-        chain()
-        for _ in range(repeats):
-            t = time.perf_counter()
+                graph.replay()
+            for _ in range(repeats):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                graph.replay()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) / 1e3)
+        else:
             chain()
-            times.append(time.perf_counter() - t)
+            for _ in range(repeats):
+                t = time.perf_counter()
+                chain()
+                times.append(time.perf_counter() - t)
+        return statistics.median(times), [min(times), max(times)]
+
+    floor_s, spread = timed(range(len(ws)))
+    role_ms = {r: timed([i for i in range(len(ws)) if roles[i] == r])[0] * 1e3 for r in ROLES}
     weight_bytes = sum(t.numel() * t.element_size() for w in ws for t in (w if isinstance(w, tuple) else (w,)))
-    floor_s = statistics.median(times)
     return {"matrices": len(ws), "weight_bytes": weight_bytes, "floor_ms": floor_s * 1e3,
-            "floor_gb_s": weight_bytes / floor_s / 1e9, "spread_ms": [min(times) * 1e3, max(times) * 1e3],
-            "repeats": repeats, "cuda_graph": device.startswith("cuda"), "kernel": kernel, "weights": weights,
-            "max_relative_error_vs_f_linear": error}
+            "floor_gb_s": weight_bytes / floor_s / 1e9, "spread_ms": [t * 1e3 for t in spread],
+            "role_ms": role_ms, "repeats": repeats, "cuda_graph": device.startswith("cuda"), "kernel": kernel,
+            "weights": weights, "max_relative_error_vs_f_linear": error}
 
 
 def main(argv=None) -> int:
@@ -102,8 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--kernel", default="torch", choices=["torch", "triton"],
-                    help="torch: F.linear (the floor of torch GEMVs); triton: kernels.gemv, batch 1")
+    ap.add_argument("--kernel", default="torch", choices=["torch", "triton", "fused"],
+                    help="torch: F.linear (the floor of torch GEMVs); triton: kernels.gemv, batch 1; fused: "
+                         "kernels.gemv with the step's norms, SiLU * up and residuals")
     ap.add_argument("--weights", default="default", choices=["default", "fp8"])
     ap.add_argument("--tpot-ms", type=float, help="compiled's TPOT of the same shape and batch: its share of the floor")
     a = ap.parse_args(argv)

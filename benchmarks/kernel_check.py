@@ -5,7 +5,9 @@ sizes (the CPU tests run Triton's interpreter, whose bfloat16 casts and products
 
 gemv: every prologue/epilogue the compiled step uses, and weight-only fp8, for each matrix of a layer and the
 LM head: the largest error relative to the reference's largest magnitude (bf16 has 8 bits: ~0.004 a rounding).
-decode_attention: batch 1 and 16, left padding, the query early and late in the cache: the same measure.
+decode_attention (rotary, cache write, attention): batch 1 and 16, left padding, the query early and late in the
+cache: the same measure, over the output and the written column; and its time per call (median of
+triton.testing.do_bench, not in a CUDA graph) for a few chunks per program, the default policy first.
 Exits 1 if any error exceeds 0.02.
 """
 import json
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     dev, dt = ("cpu", torch.float32) if a.cpu_smoke else ("cuda", torch.bfloat16)
-    rows = []
+    rows, timing = [], []
     for preset in a.presets:
         shape = SYNTHETIC_PRESETS[preset]
         h = shape["hidden_size"]
@@ -43,8 +45,8 @@ def main(argv=None) -> int:
         cases = {  # name: (weight shape, input width, gemv's keyword arguments)
             "qkv, norm": ((qkv, h), h, {"norm": norm}),
             "o, residual": ((h, q_width), q_width, {"residual": res}),
-            "gate/up, norm": ((gu, h), h, {"norm": norm}),
-            "down, glu + residual": ((h, inner), 2 * inner, {"glu": True, "residual": res}),
+            "gate/up, norm + glu": ((gu, h), h, {"norm": norm, "glu": True}),
+            "down, residual": ((h, inner), inner, {"residual": res}),
             "lm head, norm": (head, h, {"norm": norm}),
         }
         for name, (wshape, width, kw) in cases.items():
@@ -58,17 +60,30 @@ def main(argv=None) -> int:
         n_kv, hd = shape["num_key_value_heads"], shape.get("head_dim") or h // shape["num_attention_heads"]
         group = shape["num_attention_heads"] // n_kv
         for B, L, pos, pad in ((1, 320, 64, 0), (1, 320, 263, 0), (16, 320, 200, 40), (16, 4096, 4000, 100)):
-            qt = torch.randn(B, n_kv, group, hd, device=dev, dtype=dt)
+            qkv = torch.randn(B, 1, (group + 2) * n_kv * hd, device=dev, dtype=dt)
+            angle = torch.rand(L, hd // 2, device=dev).repeat(1, 2) * 6     # rotary tables by position
+            cos, sin = angle.cos().to(dt), angle.sin().to(dt)
+            at = torch.randint(0, L, (B, 1), device=dev)
             k, v = (torch.randn(B, n_kv, L, hd, device=dev, dtype=dt) for _ in range(2))
             valid = torch.ones(B, L, dtype=torch.bool, device=dev)
             valid[0, :pad] = False
             p = torch.tensor([pos], device=dev)
-            rows.append({"kernel": "decode_attention", "shape": preset, "case": f"batch {B}, cache {L}, query at {pos}, "
-                         f"padding {pad}", "rel_error": rel(kernels.decode_attention(qt, k, v, valid, p),
-                                                            kernels.attention_reference(qt, k, v, valid, p))})
+            kr, vr = k.clone(), v.clone()
+            want = kernels.attention_reference(qkv, cos, sin, at, kr, vr, valid, p)
+            case = f"batch {B}, cache {L}, query at {pos}, padding {pad}"
+            rows.append({"kernel": "decode_attention", "shape": preset, "case": case,
+                         "rel_error": max(rel(kernels.decode_attention(qkv, cos, sin, at, k, v, valid, p), want),
+                                          rel(k[:, :, pos], kr[:, :, pos]), rel(v[:, :, pos], vr[:, :, pos]))})
+            if not a.cpu_smoke:   # the chunks a program reads: all in one pass, or split and combined
+                import triton.testing
+                for chunks in (None, 1, 2, 4):
+                    us = triton.testing.do_bench(lambda: kernels._launch_attention(qkv, cos, sin, at, k, v, valid, p, chunks),
+                                                 return_mode="median") * 1e3
+                    timing.append({"shape": preset, "case": case, "chunks_per_program": chunks or "default",
+                                   "us": round(us, 2)})
     worst = max(r["rel_error"] for r in rows)
     print(json.dumps({"gpu": None if a.cpu_smoke else torch.cuda.get_device_name(), "torch": torch.__version__, "worst_rel_error": worst,
-                      "checks": rows}, indent=1))
+                      "checks": rows, "attention_us": timing}, indent=1))
     return 0 if worst <= 0.02 else 1
 
 

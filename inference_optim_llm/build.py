@@ -102,8 +102,9 @@ def build_compiled(spec: dict, out_dir: Path, workers: int | None = None) -> dic
 
 
 # The compiled step's generation, part of its build key: 2 since its Triton kernels and compiled prefill became
-# the defaults on CUDA (an older artifact holds other graphs and other cache lengths). Bump when that changes.
-STEP = 2
+# the defaults on CUDA (an older artifact holds other graphs and other cache lengths); 3 since decode attention
+# took the rotary embedding and the cache write, and gate/up SiLU * up. Bump when the step's graph changes.
+STEP = 3
 
 
 def compiled_build_key(options: dict) -> dict:

@@ -1,7 +1,10 @@
 """benchmarks/gemv_floor.py (issue 15): the matrices a decode step reads, and the script on the CPU."""
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -26,3 +29,18 @@ def test_the_script_runs_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r["matrices"] == 9 and r["floor_ms"] > 0 and r["step_share_of_floor"] == r["floor_ms"] / 2
+    assert sorted(r["role_ms"]) == sorted(["qkv", "o", "gate/up", "down", "lm head"]) and min(r["role_ms"].values()) > 0
+
+
+def test_the_kernel_variants_run_on_the_cpu():
+    """The project's kernel with the step's prologues and epilogues, through Triton's interpreter (nothing timed;
+    the plain kernel is checked in tests/test_kernels.py)."""
+    import json
+    pytest.importorskip("triton")
+    for kernel in ("fused",):
+        proc = subprocess.run([sys.executable, "benchmarks/gemv_floor.py", "--preset", "llama-tiny", "--device", "cpu",
+                               "--dtype", "float32", "--repeats", "1", "--kernel", kernel], capture_output=True,
+                              text=True, timeout=300, cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout)
+        assert r["kernel"] == kernel and r["floor_ms"] > 0 and len(r["role_ms"]) == 5

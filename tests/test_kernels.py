@@ -26,8 +26,10 @@ def test_the_kernel_computes_its_torch_reference():
 
 
 def test_decode_attention_computes_its_torch_reference():
-    """Against SDPA with the mask spelled out: group sizes 1 to 16 (3: padded rows), left padding longer than a
-    chunk, the query in the first chunk or the last, batches of 1 to 3. fp32 (see the module's note)."""
+    """Rotary, cache write and attention against torch's ops (SDPA with the mask spelled out): group sizes 1 to
+    16 (3: padded rows), left padding longer than a chunk, the query in the first chunk or the last, batches of 1
+    to 3, caches read in one pass and split over programs (combined). Only the query's column is written, and
+    columns it must not read (NaN there) change nothing. fp32 (see the module's note)."""
     _run("attention")
 
 
@@ -94,12 +96,13 @@ def check_kernel() -> None:
 
     from inference_optim_llm import fp8, kernels
     torch.manual_seed(0)
-    combos = [{}, {"norm": True}, {"residual": True}, {"glu": True, "residual": True}, {"norm": True, "residual": True}]
+    combos = [{}, {"norm": True}, {"residual": True}, {"norm": True, "glu": True}, {"glu": True, "residual": True},
+              {"norm": True, "residual": True}]
     for dtype in (torch.float32, torch.bfloat16):
         for N, K in ((40, 96), (7, 130), (65, 300)):
-            w = (torch.randn(N, K) * 0.05).to(dtype)
             for c in combos:
-                x = torch.randn(1, 1, 2 * K if c.get("glu") else K, dtype=dtype)
+                w = (torch.randn(2 * N if c.get("glu") else N, K) * 0.05).to(dtype)   # glu: gates, then ups
+                x = torch.randn(1, 1, K, dtype=dtype)
                 kw = {"norm": (1 + 0.1 * torch.randn(K)).to(dtype) if c.get("norm") else None,
                       "residual": torch.randn(1, 1, N, dtype=dtype) if c.get("residual") else None,
                       "glu": bool(c.get("glu")), "eps": 1e-5}
@@ -114,15 +117,18 @@ def check_kernel() -> None:
                 assert ((got.float() - want.float()).abs() <= tol).all(), (dtype, N, K, c)
         q, scale = fp8.quantize_rows(torch.randn(48, 64))   # weight-only fp8, with each prologue/epilogue
         for c in combos:
-            x = torch.randn(1, 128 if c.get("glu") else 64, dtype=dtype)
+            x = torch.randn(1, 64, dtype=dtype)
             kw = {"norm": (1 + 0.1 * torch.randn(64)).to(dtype) if c.get("norm") else None,
-                  "residual": torch.randn(1, 48, dtype=dtype) if c.get("residual") else None, "glu": bool(c.get("glu"))}
+                  "residual": torch.randn(1, 24 if c.get("glu") else 48, dtype=dtype) if c.get("residual") else None,
+                  "glu": bool(c.get("glu"))}
             got, want = kernels.gemv(x, q, scale=scale, **kw), kernels.reference(x, q, scale=scale, **kw)
+            assert got.shape == want.shape
             assert (got.float() - want.float()).abs().max() <= 0.02 * want.float().abs().max(), (dtype, c)
     # the ops as torch.compile sees them (schemas, fake implementations' shapes and strides)
     x, w, norm = torch.randn(64), torch.randn(40, 64), torch.randn(64)
-    torch.library.opcheck(kernels._gemv_op, (x, w, norm, torch.randn(40), None, 1e-5, False),
-                          test_utils=("test_schema", "test_faketensor"))
+    for glu in (False, True):
+        torch.library.opcheck(kernels._gemv_op, (x, w, norm, torch.randn(20 if glu else 40), None, 1e-5, glu),
+                              test_utils=("test_schema", "test_faketensor"))
     print("checked")
 
 
@@ -132,23 +138,43 @@ def check_attention() -> None:
     from inference_optim_llm import kernels
     torch.manual_seed(0)
     cases = ((1, 2, 4, 64, 192, 70, 0), (3, 2, 3, 32, 128, 127, 5), (2, 1, 16, 64, 256, 10, 3),
-             (2, 2, 4, 64, 320, 200, 70), (1, 4, 1, 16, 64, 0, 0), (2, 2, 3, 32, 150, 149, 66))
+             (2, 2, 4, 64, 320, 200, 70), (1, 4, 1, 16, 64, 0, 0), (2, 2, 3, 32, 150, 149, 66),
+             (2, 2, 2, 32, 700, 650, 130), (1, 1, 4, 16, 1100, 520, 0))   # the last two: split, combined
     for B, n_kv, group, hd, L, pos, pad in cases:   # pad: sequence 0's left padding
-        q = torch.randn(B, n_kv, group, hd)
+        qkv = torch.randn(B, 1, (group + 2) * n_kv * hd)
+        angle = torch.rand(L, hd // 2).repeat(1, 2) * 6        # rotary tables by position
+        cos, sin = angle.cos(), angle.sin()
+        at = torch.randint(0, L, (B, 1))                        # each sequence's position
         k, v = torch.randn(B, n_kv, L, hd), torch.randn(B, n_kv, L, hd)
         valid = torch.ones(B, L, dtype=torch.bool)
         valid[0, :pad] = False
-        got = kernels.decode_attention(q, k, v, valid, torch.tensor([pos]))
-        want = kernels.attention_reference(q, k, v, valid, torch.tensor([pos]))
-        assert torch.allclose(got, want, atol=2e-6, rtol=1e-5), (B, group, L, pos, pad)
-        # columns after the query and padding columns are never read: NaN there changes nothing
+        p = torch.tensor([pos])
+        k_want, v_want = k.clone(), v.clone()
+        want = kernels.attention_reference(qkv, cos, sin, at, k_want, v_want, valid, p)
+        # columns after the query, the query's own (written before it is read) and padding: NaN changes nothing
         for t in (k, v):
-            t[:, :, pos + 1:] = float("nan")
+            t[:, :, pos:] = float("nan")
             t[0, :, :pad] = float("nan")
-        assert torch.equal(kernels.decode_attention(q, k, v, valid, torch.tensor([pos])), got)
-    q = torch.randn(2, 4, 3, 32).transpose(1, 2).contiguous().transpose(1, 2)   # not contiguous
-    torch.library.opcheck(kernels._attention_op, (q, torch.randn(2, 4, 64, 32), torch.randn(2, 4, 64, 32),
-                                                  torch.ones(2, 64, dtype=torch.bool), torch.tensor([9])),
+        k_nan, v_nan = k.clone(), v.clone()
+        for chunks in (None, 1, 3):   # the default policy, one chunk a program, three
+            k, v = k_nan.clone(), v_nan.clone()
+            got = kernels._launch_attention(qkv, cos, sin, at, k, v, valid, p, chunks)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=2e-6, rtol=1e-5), (B, group, L, pos, pad)
+            # the new column is written (to rounding: the rotary's sum), nothing else is touched
+            assert torch.allclose(k[:, :, pos], k_want[:, :, pos], atol=1e-6) and torch.equal(v[:, :, pos], v_want[:, :, pos])
+            for t, before in ((k, k_nan), (v, v_nan)):
+                other = torch.ones(L, dtype=torch.bool)
+                other[pos] = False
+                assert torch.equal(t[:, :, other].isnan(), before[:, :, other].isnan())
+                assert torch.equal(t[:, :, other].nan_to_num(), before[:, :, other].nan_to_num())
+        assert torch.equal(kernels.decode_attention(qkv, cos, sin, at, k_nan.clone(), v_nan.clone(), valid, p),
+                           kernels._launch_attention(qkv, cos, sin, at, k_nan.clone(), v_nan.clone(), valid, p))
+    qkv = torch.randn(2, 1, 8, 4 * 3 * 32).transpose(1, 2)[:, :1]    # not contiguous
+    angle = torch.rand(64, 32)
+    torch.library.opcheck(kernels._attention_op, (qkv, angle.cos(), angle.sin(), torch.tensor([[3], [40]]),
+                                                  torch.randn(2, 4, 64, 32),
+                                                  torch.randn(2, 4, 64, 32), torch.ones(2, 64, dtype=torch.bool),
+                                                  torch.tensor([9])),
                           test_utils=("test_schema", "test_faketensor"))
     print("checked")
 

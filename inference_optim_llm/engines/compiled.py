@@ -94,11 +94,17 @@ class FusedLlama(torch.nn.Module):
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.kv_index = torch.arange(max_len, device=device)
+        # The rotary embedding's cos and sin for every cache column, computed once by transformers' own module
+        # (a step then gathers its positions' rows instead of a float32 product and two kernels). Not for rope
+        # types whose frequencies depend on the sequence's length ("dynamic"): those run the module each step.
+        self.rope_table = None
+        if "dynamic" not in getattr(self.rotary, "rope_type", "default"):
+            self.rope_table = tuple(t[0] for t in self.rotary(self.embed[:1], self.kv_index[None]))   # (L, hd) each
         # Which cache columns hold real tokens (left padding is False): filled per batch, read each step.
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         # Plain tensors held by the module would count as graph inputs, which CUDA graphs copy on every
         # replay: mark the weights and caches as static so each step reads them in place.
-        held = [self.embed, self.final_norm, self.lm_head, self.kv_index, self.valid]
+        held = [self.embed, self.final_norm, self.lm_head, self.kv_index, self.valid, *(self.rope_table or ())]
         held += [w for layer in self.layers for w in layer.values()]
         flat = [t for w in held for t in (w if isinstance(w, tuple) else (w,))]   # fp8: (values, scales)
         for t in flat + self.k_cache + self.v_cache:
@@ -107,6 +113,12 @@ class FusedLlama(torch.nn.Module):
     def rms(self, x, w):
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
+
+    def rotary_at(self, x, positions):
+        """cos, sin (B, T, head_dim) in x's dtype for the positions (B, T)."""
+        if self.rope_table is None:
+            return self.rotary(x, positions)
+        return tuple(t[positions] for t in self.rope_table)
 
     def forward(self, tokens, positions, cache_pos, valid):
         """tokens, positions: (B, T); cache_pos: (T,) cache columns written; valid: (B, L) bool, the
@@ -128,13 +140,14 @@ class FusedLlama(torch.nn.Module):
 
         B, T = tokens.shape
         x = F.embedding(tokens, self.embed)
-        cos, sin = self.rotary(x, positions)
         # A query at cache column c sees the valid columns <= c. The query heads that share a KV head
         # become extra query rows of that head (grouped-query attention without copying the cache).
         group = self.n_heads // self.n_kv
         nq, nkv, hd = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.head_dim
-        own_attention = self.triton and T == 1 and kernels.attention_fits(group, hd)   # a decode step
+        own_attention = (self.triton and T == 1 and self.rope_table is not None   # a decode step
+                         and kernels.attention_fits(group, hd))
         if not own_attention:
+            cos, sin = self.rotary_at(x, positions)
             # A padding column's query sees itself too, so that no row is fully masked (softmax over nothing
             # is NaN, and NaN keys and values would reach the cache); a real query never sees a padding column.
             col, row = self.kv_index[None, None, None, :], cache_pos[None, None, :, None]
@@ -142,27 +155,29 @@ class FusedLlama(torch.nn.Module):
             if T > 1:
                 mask = mask.repeat(1, 1, group, 1)
         for i, w in enumerate(self.layers):
-            q, k, v = self.mm(x, w["wqkv"], norm=w["norm1"]).split([nq, nkv, nkv], dim=-1)
-            q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
-            k = k.view(B, T, self.n_kv, hd).transpose(1, 2)
-            v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.k_cache[i].index_copy_(2, cache_pos, k)
-            self.v_cache[i].index_copy_(2, cache_pos, v)
-            q = q.reshape(B, self.n_kv, group * T, hd)
-            if own_attention:   # reads the cache only up to the query's column
-                o = kernels.decode_attention(q, self.k_cache[i], self.v_cache[i], valid, cache_pos)
+            qkv = self.mm(x, w["wqkv"], norm=w["norm1"])
+            if own_attention:   # rotary, the cache write and attention up to the query's column: one kernel
+                o = kernels.decode_attention(qkv, *self.rope_table, positions, self.k_cache[i], self.v_cache[i],
+                                             valid, cache_pos)
             else:
-                o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask)
-            o = o.view(B, self.n_heads, T, hd)
-            x = self.mm(o.transpose(1, 2).reshape(B, T, nq), w["wo"], residual=x)
-            gu = self.mm(x, w["wgu"], norm=w["norm2"])
-            x = self.mm(gu, w["wd"], glu=True, residual=x)
+                q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
+                q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
+                k = k.view(B, T, self.n_kv, hd).transpose(1, 2)
+                v = v.view(B, T, self.n_kv, hd).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                self.k_cache[i].index_copy_(2, cache_pos, k)
+                self.v_cache[i].index_copy_(2, cache_pos, v)
+                o = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, group * T, hd), self.k_cache[i],
+                                                   self.v_cache[i], attn_mask=mask)
+                o = o.view(B, self.n_heads, T, hd).transpose(1, 2).reshape(B, T, nq)
+            x = self.mm(o, w["wo"], residual=x)
+            gu = self.mm(x, w["wgu"], norm=w["norm2"], glu=True)    # silu(gate) * up
+            x = self.mm(gu, w["wd"], residual=x)
         return x
 
     def mm(self, x, w, norm=None, glu=False, residual=None):
-        """linear(x, w) with its neighbours: the input RMS-normed by `norm`, or the input's gate and up halves
-        as silu(gate) * up (glu); `residual` plus the output summed over the ranks. At batch 1 with option
+        """linear(x, w) with its neighbours: the input RMS-normed by `norm`; with glu, the output's halves (gate
+        and up) as silu(gate) * up; `residual` plus the output summed over the ranks. At batch 1 with option
         kernels: triton, one kernel (kernels.gemv); else torch's ops, as written below."""
         one_row = x.numel() == x.shape[-1]   # a shape: fixed when the step is compiled
         q, scale = w if isinstance(w, tuple) else (w, None)
@@ -170,10 +185,10 @@ class FusedLlama(torch.nn.Module):
             return kernels.gemv(x, q, norm=norm, eps=self.eps, glu=glu, residual=residual, scale=scale)
         if norm is not None:
             x = self.rms(x, norm)
-        if glu:
-            g, u = x.chunk(2, dim=-1)
-            x = F.silu(g) * u
         y = linear(x, w)
+        if glu:
+            g, u = y.chunk(2, dim=-1)
+            y = F.silu(g) * u
         return y if residual is None else residual + tp.all_reduce(y, self.world)
 
 
