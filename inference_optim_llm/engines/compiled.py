@@ -95,10 +95,10 @@ class FusedLlama(torch.nn.Module):
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.kv_index = torch.arange(max_len, device=device)
         # The rotary embedding's cos and sin for every cache column, computed once by transformers' own module
-        # (a step then gathers its positions' rows instead of a float32 product and two kernels). Not for rope
-        # types whose frequencies depend on the sequence's length ("dynamic"): those run the module each step.
+        # (the decode attention kernel reads its positions' rows; elsewhere a gather). Not for rope types whose
+        # frequencies depend on the longest position seen ("dynamic", "longrope"): those run the module each time.
         self.rope_table = None
-        if "dynamic" not in getattr(self.rotary, "rope_type", "default"):
+        if getattr(self.rotary, "rope_type", "default") not in ("dynamic", "longrope"):
             self.rope_table = tuple(t[0] for t in self.rotary(self.embed[:1], self.kv_index[None]))   # (L, hd) each
         # Which cache columns hold real tokens (left padding is False): filled per batch, read each step.
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
