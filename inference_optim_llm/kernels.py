@@ -15,7 +15,8 @@ Two kernels replace them:
   vector is re-read by every program from the cache. The norm's 1/rms is a scalar, so it multiplies the sums at
   the end: W @ (x * w / rms) = (W @ (x * w)) / rms, and the sum of squares is gathered in the same pass.
   SiLU * up sits after the gate/up product, not before the down product: there each of the down product's
-  programs would redo it over the whole vector (measured 44 us a step on the 1B shapes, H200).
+  programs would redo it over the whole vector (44 us a step on the 1B shapes, H200; on the 8B shapes the
+  two-row gate/up loses about as much: docs/results/nvidia-h200-kernels.md).
 - `decode_attention`: a decode step's attention from the q/k/v projection's output: the rotary embedding on the
   query and the new key (cos and sin read from tables by position), the new key and value written to the KV cache at the query's column, and the query
   against the columns written so far (up to its own, left padding masked by `valid`); one kernel where torch
