@@ -14,9 +14,10 @@
 #   bash benchmarks/device_run.sh trust-wait   # follows it to the end; everything under results/trust
 # Issue 15 (one GPU; carry .whl .carry/models): `study` profiles the step with torch's and the project's kernels
 # and measures the GEMV floors; `issue15` then `issue15-wait` (at once) run kernel_check, the floors, the compiled
-# cells of config/gpu.yaml's synthetic shapes (bf16 and fp8, batch 1 and 16) and a profile of each shape: 17 min
-# on an H200 (2026-11-28, docs/results/nvidia-h200-kernels.md). `check` (about 6 min) checks and times the kernels
-# and profiles the step at the defaults, before spending a full run on a change.
+# cells of config/gpu.yaml's synthetic shapes (bf16 and fp8, batch 1 and 16) and a profile of each shape: 17 to 20
+# min on an H200 (2026-11-28, docs/results/nvidia-h200-kernels.md; `issue15-wait` twice if the first ends before
+# the profiles). `check` (5 min) checks and times the kernels and profiles the step at the defaults, before
+# spending a full run on a change.
 # Each call leaves what is finished so far in $OUT, so a machine lost between calls loses no result.
 set -uo pipefail
 STATE=results/device
@@ -150,7 +151,7 @@ study)   # issue 15, on one GPU; carry .whl .carry/models. Background job, follo
   follow "${2:-560}"
   pack study ;;
 study-job) study_job ;;
-check)   # issue 15, on one GPU; carry .whl .carry/models: kernel_check, GEMV floors, profiles (about 6 min)
+check)   # issue 15, on one GPU; carry .whl .carry/models: kernel_check, GEMV floors, profiles (5 min)
   for m in .carry/models/llama-{1b,8b}; do [ -d resources/models/${m##*/} ] || cp -rL "$m" resources/models/; done
   nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv | tee "$STATE/gpu.csv"
   date -u +%FT%TZ > $STATE/check-start
