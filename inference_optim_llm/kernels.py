@@ -18,16 +18,17 @@ Two kernels replace them:
   programs would redo it over the whole vector (44 us a step on the 1B shapes, H200; on the 8B shapes the
   two-row gate/up loses about as much: docs/results/nvidia-h200-kernels.md).
 - `decode_attention`: a decode step's attention from the q/k/v projection's output: the rotary embedding on the
-  query and the new key (cos and sin read from tables by position), the new key and value written to the KV cache at the query's column, and the query
-  against the columns written so far (up to its own, left padding masked by `valid`); one kernel where torch
-  takes four (rotary, two cache writes, attention). One program per (sequence, KV head) runs through the cache
-  in chunks of 64 with an online softmax, the KV head's query heads as the rows of one tensor-core product. A
-  cache of more than SINGLE_PASS chunks is split over several programs per head, and a second kernel combines
-  their softmax sums (flash-decoding).
+  query and the new key (cos and sin read from tables by position), the new key and value written to the KV
+  cache at the query's column, and the query against the columns written so far (up to its own, left padding
+  masked by `valid`); one kernel where torch takes four (rotary, two cache writes, attention). One program per
+  (sequence, KV head) runs through the cache in chunks of 64 with an online softmax, the KV head's query heads as
+  the rows of one tensor-core product. A cache of more than SINGLE_PASS chunks is split over several programs per
+  head, and a second kernel combines their softmax sums (flash-decoding).
 
 Each has a `reference` in torch ops: what runs where Triton does not, and what the tests compare the kernels with
 (on a CPU through Triton's interpreter, TRITON_INTERPRET=1; on the GPU in benchmarks/gemv_floor.py). Results
-agree to rounding, not bit for bit: sums run in another order, and the norm's scalar is applied after the sum.
+agree to rounding, not bit for bit: sums run in another order, the norm's scalar is applied after the sum, and
+the rotary embedding rounds once (as torch.compile's fused kernel does; eager torch rounds each product).
 """
 import os
 from typing import Optional
@@ -76,7 +77,8 @@ def attention_reference(qkv, cos, sin, positions, k_cache, v_cache, valid, cache
     """What `decode_attention` computes, in torch ops. qkv (B, 1, (n_heads + 2 n_kv) hd): one position per
     sequence (positions: (B, 1)), at cache column cache_pos[0]; cos, sin (P, hd): the rotary embedding's tables
     by position; caches (B, n_kv, L, hd), written at that column. The query attends to the columns <= it that
-    `valid` (B, L) marks. Returns (B, 1, n_heads hd): the heads side by side, as the output projection takes them."""
+    `valid` (B, L) marks, and its own. Returns (B, 1, n_heads hd): the heads side by side, as the output projection
+    takes them."""
     B, n_kv, L, hd = k_cache.shape
     n_heads = qkv.shape[-1] // hd - 2 * n_kv
     q, k, v = qkv.reshape(B, -1, hd).split([n_heads, n_kv, n_kv], dim=1)     # (B, heads, hd)
@@ -84,8 +86,8 @@ def attention_reference(qkv, cos, sin, positions, k_cache, v_cache, valid, cache
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     k_cache.index_copy_(2, cache_pos, k[:, :, None])
     v_cache.index_copy_(2, cache_pos, v[:, :, None])
-    col = torch.arange(L, device=qkv.device)
-    mask = (valid & (col <= cache_pos.reshape(1, 1)))[:, None, None, :]
+    col, at = torch.arange(L, device=qkv.device), cache_pos.reshape(1, 1)
+    mask = ((valid | (col == at)) & (col <= at))[:, None, None, :]
     o = F.scaled_dot_product_attention(q.reshape(B, n_kv, n_heads // n_kv, hd), k_cache, v_cache, attn_mask=mask)
     return o.reshape(B, 1, n_heads * hd)
 
@@ -120,7 +122,7 @@ if triton is not None:
             y = y * inv_rms
         if SCALE:
             y = y * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
-        if GLU:    # rounded as torch's ops round: the product, silu(gate), then silu(gate) * up
+        if GLU:    # rounded as eager torch rounds: the product, silu(gate), then silu(gate) * up
             up = tl.sum(acc_up, axis=1)
             if NORM:
                 up = up * inv_rms
@@ -176,7 +178,10 @@ if triton is not None:
         acc = tl.zeros((ROWS, HD), tl.float32)
         for c in range(first, tl.minimum(first + CHUNKS, last + 1)):
             cols = c * CHUNK + tl.arange(0, CHUNK)
-            ok = (cols <= pos) & (tl.load(valid_ptr + b * L + cols, mask=cols <= pos, other=0) != 0)
+            # the valid columns up to the query's, and the query's own (a padding query sees itself, as in torch's
+            # path, so that its row is never empty)
+            filled = tl.load(valid_ptr + b * L + cols, mask=cols <= pos, other=0) != 0
+            ok = (cols <= pos) & (filled | (cols == pos))
             old = ok & (cols < pos)                          # read from the cache; the query's own column is new
             kv = cache + cols[:, None] * HD + d[None, :]
             new = (cols == pos)[:, None]
@@ -257,8 +262,8 @@ def _launch_attention(qkv, cos, sin, positions, k_cache, v_cache, valid, cache_p
         acc = torch.empty(B, n_kv, parts, rows, hd, dtype=torch.float32, device=qkv.device)
         ml = torch.empty(B, n_kv, parts, rows, 2, dtype=torch.float32, device=qkv.device)
     _attention_kernel[(B, n_kv, parts)](qkv, cos, sin, positions, k_cache, v_cache, valid.view(torch.uint8),
-                                        cache_pos, o, acc, ml, L, hd ** -0.5, GROUP=group, ROWS=rows, HD=hd, CHUNK=CHUNK, CHUNKS=chunks,
-                                        COMBINE=parts > 1,
+                                        cache_pos, o, acc, ml, L, hd ** -0.5, GROUP=group, ROWS=rows, HD=hd,
+                                        CHUNK=CHUNK, CHUNKS=chunks, COMBINE=parts > 1,
                                         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32")
     if parts > 1:
         _attention_combine_kernel[(B * n_kv,)](acc, ml, cache_pos, o, parts, GROUP=group, ROWS=rows, HD=hd,
@@ -297,7 +302,7 @@ def _(qkv, cos, sin, positions, k_cache, v_cache, valid, cache_pos):
 
 def gemv(x, w, norm=None, eps: float = 1e-6, glu: bool = False, residual=None, scale=None):
     """`reference(...)` for one input row (x of shape (..., K) with one row), as one kernel. The result has
-    x's leading shape and w's output width."""
+    x's leading shape and w's output width (half of it with glu)."""
     lead = x.shape[:-1]
     y = _gemv_op(x.reshape(-1), w, norm,
                  None if residual is None else residual.reshape(-1),

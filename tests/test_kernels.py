@@ -85,6 +85,35 @@ def test_triton_kernels_on_a_cpu_are_unavailable_by_name(tmp_path):
             os.environ["TRITON_INTERPRET"] = env
 
 
+def test_rope_types_that_follow_the_longest_position_get_no_table():
+    """A rope type whose frequencies depend on the positions seen ("dynamic", "longrope") runs transformers' module
+    each time and the decode step keeps torch's attention; the others read a table computed once, equal to the
+    module's own output."""
+    import torch
+    from transformers import LlamaConfig
+
+    from inference_optim_llm.engines.compiled import FusedLlama
+    shapes = {"embed_tokens": (50, 64), "lm_head": (50, 64), "q_proj": (64, 64), "k_proj": (32, 64),
+              "v_proj": (32, 64), "o_proj": (64, 64), "gate_proj": (96, 64), "up_proj": (96, 64), "down_proj": (64, 96)}
+
+    def get(name):
+        return torch.randn(next((v for k, v in shapes.items() if k in name), (64,)))
+
+    for rope, table in (({"rope_type": "default"}, True), ({"rope_type": "dynamic", "factor": 2.0}, False),
+                        ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 16}, True)):
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=50, tie_word_embeddings=False,
+                          rope_parameters={"rope_theta": 10000.0, **rope})
+        net = FusedLlama(cfg, get, 1, 64, "cpu")
+        assert (net.rope_table is not None) == table, rope
+        if table:
+            positions = torch.tensor([[0, 5, 63]])
+            x = torch.zeros(1, 3, 64)
+            for got, want in zip(net.rotary_at(x, positions), net.rotary(x, positions)):
+                assert torch.equal(got, want), rope
+
+
 def test_the_fused_step_gives_the_torch_ops_tokens():
     """FusedLlama with kernels: triton against itself with torch's ops, fp32: a prefill and decode steps give the
     same hidden states (to rounding) and tokens; the step does use the kernel (counted)."""
@@ -96,8 +125,9 @@ def check_kernel() -> None:
 
     from inference_optim_llm import fp8, kernels
     torch.manual_seed(0)
-    combos = [{}, {"norm": True}, {"residual": True}, {"norm": True, "glu": True}, {"glu": True, "residual": True},
-              {"norm": True, "residual": True}]
+    combos = [{}, {"norm": True}, {"residual": True}, {"glu": True}, {"norm": True, "glu": True},
+              {"glu": True, "residual": True}, {"norm": True, "residual": True},
+              {"norm": True, "glu": True, "residual": True}]
     for dtype in (torch.float32, torch.bfloat16):
         for N, K in ((40, 96), (7, 130), (65, 300)):
             for c in combos:
@@ -139,7 +169,8 @@ def check_attention() -> None:
     torch.manual_seed(0)
     cases = ((1, 2, 4, 64, 192, 70, 0), (3, 2, 3, 32, 128, 127, 5), (2, 1, 16, 64, 256, 10, 3),
              (2, 2, 4, 64, 320, 200, 70), (1, 4, 1, 16, 64, 0, 0), (2, 2, 3, 32, 150, 149, 66),
-             (2, 2, 2, 32, 700, 650, 130), (1, 1, 4, 16, 1100, 520, 0))   # the last two: split, combined
+             (2, 2, 2, 32, 700, 650, 130), (1, 1, 4, 16, 1100, 520, 0),   # these two: split, combined
+             (2, 2, 4, 32, 128, 3, 10))   # a padding query (an empty prompt): it sees its own column only
     for B, n_kv, group, hd, L, pos, pad in cases:   # pad: sequence 0's left padding
         qkv = torch.randn(B, 1, (group + 2) * n_kv * hd)
         angle = torch.rand(L, hd // 2).repeat(1, 2) * 6        # rotary tables by position
@@ -169,7 +200,7 @@ def check_attention() -> None:
                 assert torch.equal(t[:, :, other].nan_to_num(), before[:, :, other].nan_to_num())
         assert torch.equal(kernels.decode_attention(qkv, cos, sin, at, k_nan.clone(), v_nan.clone(), valid, p),
                            kernels._launch_attention(qkv, cos, sin, at, k_nan.clone(), v_nan.clone(), valid, p))
-    qkv = torch.randn(2, 1, 8, 4 * 3 * 32).transpose(1, 2)[:, :1]    # not contiguous
+    qkv = torch.randn(2, 2, 4 * 3 * 32)[:, :1]    # (B, 1, W), not contiguous
     angle = torch.rand(64, 32)
     torch.library.opcheck(kernels._attention_op, (qkv, angle.cos(), angle.sin(), torch.tensor([[3], [40]]),
                                                   torch.randn(2, 4, 64, 32),

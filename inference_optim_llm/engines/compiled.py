@@ -98,7 +98,8 @@ class FusedLlama(torch.nn.Module):
         # (the decode attention kernel reads its positions' rows; elsewhere a gather). Not for rope types whose
         # frequencies depend on the longest position seen ("dynamic", "longrope"): those run the module each time.
         self.rope_table = None
-        if getattr(self.rotary, "rope_type", "default") not in ("dynamic", "longrope"):
+        rope_type = getattr(self.rotary, "rope_type", "default")
+        if "dynamic" not in rope_type and rope_type != "longrope":   # transformers' own test (dynamic_rope_update)
             self.rope_table = tuple(t[0] for t in self.rotary(self.embed[:1], self.kv_index[None]))   # (L, hd) each
         # Which cache columns hold real tokens (left padding is False): filled per batch, read each step.
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
