@@ -33,6 +33,18 @@ def test_decode_attention_computes_its_torch_reference():
     _run("attention")
 
 
+def test_the_gpu_check_script_runs_on_a_cpu():
+    """benchmarks/kernel_check.py (the bf16 check run on the GPU machine) with the tiny shapes through the
+    interpreter: its calls still fit the kernels' signatures, and its fp32 errors are rounding."""
+    import json
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "benchmarks/kernel_check.py", "--cpu-smoke", "--presets", "llama-tiny"],
+                          capture_output=True, text=True, timeout=600, cwd=repo, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert len(r["checks"]) == 14 and r["worst_rel_error"] < 1e-4
+
+
 def test_argmax_in_two_reductions_is_torchs_argmax():
     """Pure logic: the first index of the maximum, ties across and within chunks, a vocabulary not a multiple of
     the chunk, one of at most a chunk."""
