@@ -67,23 +67,18 @@ def reference(x, w, norm=None, eps: float = 1e-6, glu: bool = False, residual=No
     return y if residual is None else residual + y
 
 
-def rotate(x, cos, sin):
-    """The rotary embedding as transformers' Llama applies it (rotate_half: the second half negated, first)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
 def attention_reference(qkv, cos, sin, positions, k_cache, v_cache, valid, cache_pos):
     """What `decode_attention` computes, in torch ops. qkv (B, 1, (n_heads + 2 n_kv) hd): one position per
     sequence (positions: (B, 1)), at cache column cache_pos[0]; cos, sin (P, hd): the rotary embedding's tables
     by position; caches (B, n_kv, L, hd), written at that column. The query attends to the columns <= it that
     `valid` (B, L) marks, and its own. Returns (B, 1, n_heads hd): the heads side by side, as the output projection
     takes them."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     B, n_kv, L, hd = k_cache.shape
     n_heads = qkv.shape[-1] // hd - 2 * n_kv
     q, k, v = qkv.reshape(B, -1, hd).split([n_heads, n_kv, n_kv], dim=1)     # (B, heads, hd)
-    cos, sin = cos[positions.reshape(B, 1)], sin[positions.reshape(B, 1)]       # (B, 1, hd)
-    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    q, k = apply_rotary_pos_emb(q, k, cos[positions.reshape(B)], sin[positions.reshape(B)])   # cos (B, hd) -> (B, 1, hd)
     k_cache.index_copy_(2, cache_pos, k[:, :, None])
     v_cache.index_copy_(2, cache_pos, v[:, :, None])
     col, at = torch.arange(L, device=qkv.device), cache_pos.reshape(1, 1)
