@@ -170,7 +170,9 @@ class FusedLlama(torch.nn.Module):
                 self.v_cache[i].index_copy_(2, cache_pos, v)
                 o = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, group * T, hd), self.k_cache[i],
                                                    self.v_cache[i], attn_mask=mask)
-                o = o.view(B, self.n_heads, T, hd).transpose(1, 2).reshape(B, T, nq)
+                # reshape, not view: SDPA's output layout depends on its backend (CUDA's fp32 kernels return
+                # a transposed layout that no view can split)
+                o = o.reshape(B, self.n_heads, T, hd).transpose(1, 2).reshape(B, T, nq)
             x = self.mm(o, w["wo"], residual=x)
             gu = self.mm(x, w["wgu"], norm=w["norm2"], glu=True)    # silu(gate) * up
             x = self.mm(gu, w["wd"], residual=x)
