@@ -1,7 +1,8 @@
 # Inference-Optim-LLM: set-up and targets only. The stages are in workflow/rules/, helpers in common.smk.
 from snakemake.utils import min_version, validate
 
-from inference_optim_llm.bounds import CONFIG_SCHEMA
+from inference_optim_llm.bounds import CONFIG_SCHEMA, check_config
+from inference_optim_llm.strict_yaml import check_files
 
 min_version("9.0")
 
@@ -9,8 +10,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Snakemake's loader keeps the last of two equal keys: every config file it read (this one and any
+# --configfile) is read again, refusing a repeated key with both its lines.
+check_files(workflow.configfiles)
 # The schema ships with the package (inference_optim_llm/schemas/): the CLI checks its flags against it too.
+# validate() fills the defaults; check_config then refuses what jsonschema lets through (2.0 as an integer).
 validate(config, str(CONFIG_SCHEMA))
+check_config(config)
 
 
 include: "workflow/rules/common.smk"
