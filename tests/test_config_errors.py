@@ -146,3 +146,10 @@ def test_flags_and_specs_refuse_a_float_where_an_integer_belongs():
     assert bounds.check("$defs.batch_size", 2, "--batch-size") == 2
     assert bounds.check("benchmark.telemetry_interval_s", 0.05) == 0.05     # numbers stay numbers
     assert bounds.check("benchmark.telemetry_interval_s", 1) == 1
+
+
+def test_an_engine_option_refuses_a_float_where_an_integer_belongs():
+    from inference_optim_llm.engines import check_options
+    assert check_options("compiled", {"cache_len": 64}) == {"cache_len": 64}
+    with pytest.raises(ValueError, match=r"^config engine_options.compiled.cache_len: 64.0 is not of type 'integer'$"):
+        check_options("compiled", {"cache_len": 64.0}, "config engine_options")

@@ -27,6 +27,7 @@ import re
 
 import jsonschema
 
+from inference_optim_llm.bounds import strict_validate
 from inference_optim_llm.engines.base import BatchOutput, Engine, EngineSettings, EngineUnavailable
 
 _KV_OPTIONS = {
@@ -162,7 +163,7 @@ def check_options(name: str, options: dict, where: str = "engine_options") -> di
             raise ValueError(f"{where}.{name}.{key}: unknown option for engine {name!r} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
         try:
-            jsonschema.validate(value, known[key])
+            strict_validate(value, known[key])   # the config's rule: an integer option takes ints only
         except jsonschema.ValidationError as e:
             raise ValueError(f"{where}.{name}.{key}: {e.message}") from None
     return options
