@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,3 +220,31 @@ def check_writable_dir(path: str | Path, flag: str) -> None:
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {path}: exists and is not a directory")
     check_writable(path / ".probe", flag)
+
+
+_KINDS = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "named pipe"),
+          (stat.S_ISSOCK, "socket"))
+
+
+def input_problem(path: str | Path, kind: str = "file") -> str | None:
+    """What stops `path` from being read as a `kind` ("file" or "directory"), in words that complete
+    "prompt file P ...", or None. Checked without opening it: a named pipe would block a read for ever."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"is a link to {os.readlink(path)}, which does not exist" if path.is_symlink() else "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a parent of it is not a directory)"
+    except OSError as e:
+        return f"cannot be reached ({e.strerror or e})"
+    if kind == "file" and stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if kind == "directory" and stat.S_ISREG(mode):
+        return "is a file, not a directory"
+    if not (stat.S_ISREG(mode) if kind == "file" else stat.S_ISDIR(mode)):
+        what = next((name for test, name in _KINDS if test(mode)), "special file")
+        return f"is not a {'regular file' if kind == 'file' else 'directory'} ({what})"
+    if not os.access(path, os.R_OK | (os.X_OK if kind == "directory" else 0)):
+        return "is not readable (permission denied)"
+    return None

@@ -120,17 +120,28 @@ def check_prompt_lengths(config: dict, cells: list[tuple], local_roots: list[Pat
 
 
 def resolve_local(name: str, arg: str, local_roots: list[Path] | None) -> Path:
+    """The directory of a local: source, if it is allowed and looks like a Hugging Face model directory.
+    local_roots is the workflow's allow-list (config local_model_roots): an empty list allows nothing.
+    None: no allow-list, for a path given on the command line itself (`download-model` without --local-root)."""
     path = Path(arg).expanduser().resolve()
-    if local_roots:
+    if local_roots is not None and not local_roots:
+        raise ModelSourceError(
+            f"models.{name}.source: local_model_roots is empty, so no local: source is allowed; add {path.parent} "
+            "(or a directory above it) to local_model_roots to allow it")
+    if local_roots is not None:
         roots = [Path(r).expanduser().resolve() for r in local_roots]
         if not any(path == r or r in path.parents for r in roots):
             raise ModelSourceError(
                 f"models.{name}.source: {arg} resolves to {path}, outside local_model_roots "
                 f"({', '.join(map(str, roots))}); add its parent to local_model_roots to allow it")
-    if not path.is_dir():
-        raise ModelSourceError(f"models.{name}.source: local directory {path} does not exist")
-    if not (path / "config.json").is_file():
+    problem = io.input_problem(path, "directory")
+    if problem:
+        raise ModelSourceError(f"models.{name}.source: local directory {path} {problem}")
+    if not (path / "config.json").exists():
         raise ModelSourceError(f"models.{name}.source: {path} has no config.json (not a Hugging Face model dir)")
+    problem = io.input_problem(path / "config.json", "file")
+    if problem:
+        raise ModelSourceError(f"models.{name}.source: {path / 'config.json'} {problem}")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelSourceError(f"models.{name}.source: {path} has no *.safetensors or *.bin weights")
     return path

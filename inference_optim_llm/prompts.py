@@ -5,6 +5,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference_optim_llm.io import input_problem
+
 
 class PromptError(ValueError):
     """A prompt set that cannot be used; the message names the file or key."""
@@ -43,10 +45,13 @@ def read_prompt_file_with_notes(path: str | Path) -> tuple[list[str], dict]:
     count as invisible: those are the ones that used to become invisible prompts. Both are dropped;
     kept lines lose leading and trailing invisible characters."""
     path = Path(path)
-    if not path.is_file():
-        raise PromptError(f"prompt file {path} does not exist")
+    problem = input_problem(path, "file")
+    if problem:
+        raise PromptError(f"prompt file {path} {problem}")
     try:
         text = path.read_bytes().decode("utf-8")   # bytes: read_text would translate lone CRs
+    except OSError as e:
+        raise PromptError(f"prompt file {path} cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise PromptError(f"prompt file {path} is not UTF-8 text ({e})") from None
     notes = dict.fromkeys(["lines", "prompts", "bom_removed", "crlf_line_endings", "dropped_blank",

@@ -153,3 +153,82 @@ def test_an_engine_option_refuses_a_float_where_an_integer_belongs():
     assert check_options("compiled", {"cache_len": 64}) == {"cache_len": 64}
     with pytest.raises(ValueError, match=r"^config engine_options.compiled.cache_len: 64.0 is not of type 'integer'$"):
         check_options("compiled", {"cache_len": 64.0}, "config engine_options")
+
+
+# -- input paths: what they are, not only whether they exist --------------------------------------------
+
+def test_prompt_files_say_what_they_are(tmp_path):
+    from inference_optim_llm.prompts import PromptError, read_prompt_file
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.txt")
+    cases = {tmp_path / "adir": "is a directory, not a file",
+             Path("/dev/null"): "is not a regular file (character device)",
+             tmp_path / "fifo": "is not a regular file (named pipe)",   # never opened: a read would block
+             tmp_path / "missing.txt": "does not exist",
+             tmp_path / "dangling": f"is a link to {tmp_path / 'gone.txt'}, which does not exist",
+             tmp_path / "adir" / "x" / "y.txt": "does not exist"}
+    for path, expected in cases.items():
+        with pytest.raises(PromptError, match="^" + re.escape(f"prompt file {path} {expected}") + "$"):
+            read_prompt_file(path)
+
+
+def test_a_prompt_file_that_is_a_directory_or_a_device_is_named_in_the_config(tmp_path):
+    (tmp_path / "prompts").mkdir()
+    for path, expected in (("prompts", "prompt file prompts is a directory, not a file"),
+                           ("/dev/null", "prompt file /dev/null is not a regular file (character device)")):
+        proc = dry_run(tmp_path, yaml.safe_dump(tiny(prompt_sets={"p8": {"file": path}})))
+        assert_refused(proc, f"config prompt_sets.p8.file: {expected}", tmp_path)
+
+
+def test_the_cli_names_what_its_prompt_file_is(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "run", "baseline", "--prompts-file",
+                           str(tmp_path), "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"error: prompt file {tmp_path} is a directory, not a file"
+
+
+def _hf_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+def test_local_sources_say_what_they_are(tmp_path):
+    from inference_optim_llm.models import ModelSourceError, resolve_local
+    roots = [tmp_path]
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "noconf").mkdir()
+    (tmp_path / "dirconf" / "config.json").mkdir(parents=True)
+    cases = {"afile": f"local directory {tmp_path / 'afile'} is a file, not a directory",
+             "missing": f"local directory {tmp_path / 'missing'} does not exist",
+             "noconf": f"{tmp_path / 'noconf'} has no config.json",
+             "dirconf": f"{tmp_path / 'dirconf' / 'config.json'} is a directory, not a file"}
+    for name, expected in cases.items():
+        with pytest.raises(ModelSourceError, match=re.escape(f"models.m.source: {expected}")):
+            resolve_local("m", str(tmp_path / name), roots)
+    assert resolve_local("m", str(_hf_dir(tmp_path / "ok")), roots) == tmp_path / "ok"
+
+
+# -- local_model_roots: the allow-list ----------------------------------------------------------------------
+
+def test_an_empty_local_model_roots_allows_no_local_source(tmp_path):
+    from inference_optim_llm.models import ModelSourceError, resolve_local
+    model = _hf_dir(tmp_path / "models" / "m")
+    with pytest.raises(ModelSourceError, match="local_model_roots is empty, so no local: source is allowed"):
+        resolve_local("m", str(model), [])
+    assert resolve_local("m", str(model), [tmp_path / "models"]) == model
+    assert resolve_local("m", str(model), None) == model     # the command line's own path: no allow-list
+
+
+def test_an_empty_local_model_roots_refuses_the_workflow_naming_the_key(tmp_path):
+    _hf_dir(tmp_path / "models" / "m")
+    config = tiny(models={"tiny": {"source": "local:models/m"}}, local_model_roots=[])
+    proc = dry_run(tmp_path, yaml.safe_dump(config))
+    assert_refused(proc, "config models.tiny.source: local_model_roots is empty, so no local: source is allowed; "
+                         f"add {tmp_path / 'models'} (or a directory above it) to local_model_roots", tmp_path)
+    config["local_model_roots"] = ["models"]
+    proc = dry_run(tmp_path, yaml.safe_dump(config))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]

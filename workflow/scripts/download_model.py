@@ -7,4 +7,4 @@ from inference_optim_llm.stages import job
 with job(snakemake):
     p = snakemake.params
     download_model(snakemake.wildcards.model, p.source, Path(snakemake.output[0]), download_dir=Path(p.download_dir),
-                   local_roots=[Path(r) for r in p.local_roots] or None, network_timeout_s=p.network_timeout_s)
+                   local_roots=[Path(r) for r in p.local_roots], network_timeout_s=p.network_timeout_s)
