@@ -138,11 +138,16 @@ def cmd_aggregate(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from inference_optim_llm.report import load_result
+    """Every file checked, each bad one named on its own line: exit 2 if any is bad."""
+    from inference_optim_llm.result_file import ResultFileError, load_result
+    status = 0
     for p in a.files:
-        load_result(Path(p))
-        print(f"{p}: valid")
-    return 0
+        try:
+            load_result(Path(p))
+            print(f"{p}: valid")
+        except ResultFileError as e:
+            status = _fail(str(e))
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:

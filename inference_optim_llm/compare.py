@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference_optim_llm.report import ResultFileError, load_result
+from inference_optim_llm.result_file import cell, cell_name, load_results
 from inference_optim_llm.stats import percentile, ratio_ci
 
 MUST_MATCH = ("gpu_name",)
@@ -24,32 +24,22 @@ class CompareError(ValueError):
     """The two runs cannot be compared (different GPU models, nothing in common, no result files)."""
 
 
-def load_run(root: Path) -> dict[tuple, dict]:
-    """Every result file under root, by cell: ('static', model, engine, prompt set, batch, gpus) or
-    ('serving', model, server, prompt set, load). Files that are not results are skipped."""
-    cells = {}
-    for path in sorted(Path(root).rglob("*.json")):
-        try:
-            r = load_result(path)
-        except ResultFileError:
-            continue
-        t = r["target"]
-        if r.get("scenario") == "serving":
-            key = ("serving", t["model"], t["server"], t["prompt_set"], t["load"])
-        else:
-            key = ("static", t["model"], t["engine"], t["prompt_set"], t["batch_size"], t.get("gpus", 1),
-                   t.get("weights", "default"))
-        cells[key] = r
+def load_run(root: Path, foreign: list[Path] | None = None) -> dict[tuple, dict]:
+    """Every result file under root, by cell (result_file.cell). A file that cannot be read, or is not a
+    valid result, is an error naming it (every such file at once), and so are two files for one cell: a
+    comparison without them would silently lose cells. JSON files that are plainly not results (no
+    schema_version) are added to `foreign`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CompareError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
+    skipped = []
+    cells = {cell(r): r for _, r in load_results(sorted(root.rglob("*.json")), skipped)}
+    if foreign is not None:
+        foreign += skipped
     if not cells:
-        raise CompareError(f"{root}: no result files found")
+        raise CompareError(f"{root}: no result files found" + (
+            f" ({len(skipped)} JSON files without schema_version, not results)" if skipped else ""))
     return cells
-
-
-def _name(key: tuple) -> str:
-    """model / engine / prompt set / batch (/ tpN above one GPU), or model / server / prompt set / load."""
-    parts = [str(k) for k in key[1:5]] + ([f"tp{key[5]}"] if len(key) > 5 and key[5] > 1 else [])
-    parts += [key[6]] if len(key) > 6 and key[6] != "default" else []
-    return " / ".join(parts)
 
 
 def headline(result: dict) -> tuple[str, list[float], bool]:
@@ -70,7 +60,8 @@ def environment_differences(a: dict[tuple, dict], b: dict[tuple, dict]) -> dict[
 
 
 def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
-    a, b = load_run(run_a), load_run(run_b)
+    foreign_a, foreign_b = [], []
+    a, b = load_run(run_a, foreign_a), load_run(run_b, foreign_b)
     diff = environment_differences(a, b)
     refused = [k for k in MUST_MATCH if k in diff]
     if refused and not force:
@@ -87,6 +78,10 @@ def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
         lines += [""]
     else:
         lines += ["Same GPU model, driver, CUDA, torch, transformers, code (source hash) and configuration.", ""]
+    for run, foreign in ((run_a, foreign_a), (run_b, foreign_b)):
+        if foreign:
+            lines += [f"Left out of `{run}`, not result files (no `schema_version`): "
+                      f"{', '.join(p.relative_to(run).as_posix() for p in foreign)}.", ""]
     lines += ["Change of each cell's headline median, B over A, with the 95 % interval of the ratio (both runs'",
               "timed batches, or requests, resampled); **significant** where the interval excludes no change.",
               "The interval knows only the spread within each run: two runs of the same code on the same card",
@@ -98,27 +93,28 @@ def compare(run_a: Path, run_b: Path, force: bool = False) -> str:
     better = worse = 0
     for key in common:
         ra, rb = a[key], b[key]
-        name = _name(key)
+        name = cell_name(key)
         if ra["status"] != "ok" or rb["status"] != "ok":
             lines.append(f"| {name} | | {ra['status']} | {rb['status']} | | | | |")
             continue
         figure, va, higher_better = headline(ra)
         _, vb, _ = headline(rb)
-        if not va or not vb:
+        if not va or not vb or percentile(va, 50) == 0:   # no figure, or none to divide by
             lines.append(f"| {name} | {figure} | n/a | n/a | | | | |")
             continue
         ma, mb = percentile(va, 50), percentile(vb, 50)
-        ci = ratio_ci(vb, va)
+        ci = ratio_ci(vb, va) if 0 not in va else None   # a resampled median of A could be 0
         significant = ci is not None and (ci["low"] > 1 or ci["high"] < 1)
         if significant:
             improved = (ci["low"] > 1) == higher_better
             better, worse = better + improved, worse + (not improved)
-        interval = f"{100 * (ci['low'] - 1):+.1f} % to {100 * (ci['high'] - 1):+.1f} %" if ci else "n/a (one value)"
+        interval = f"{100 * (ci['low'] - 1):+.1f} % to {100 * (ci['high'] - 1):+.1f} %" if ci else (
+            "n/a (one value)" if min(len(va), len(vb)) < 2 else "n/a (a value of 0 in A)")
         verdicts = " / ".join((r.get("verdict") or {}).get("status", "n/a") for r in (ra, rb))
         lines.append(f"| {name} | {figure} | {ma:.2f} | {mb:.2f} | {100 * (mb / ma - 1):+.1f} % | {interval} | "
                      f"{'**yes**' if significant else 'no'} | {verdicts} |")
     only = sorted(set(a) ^ set(b), key=str)
     lines += ["", f"{len(common)} cells in common: {better} significantly better in B, {worse} significantly worse."]
     if only:
-        lines += [f"In one run only: {', '.join(_name(k) for k in only)}."]
+        lines += [f"In one run only: {', '.join(cell_name(k) for k in only)}."]
     return "\n".join(lines) + "\n"

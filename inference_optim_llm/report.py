@@ -4,45 +4,16 @@ Every number in the report is computed here from the result files; nothing is ty
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import jsonschema
-
+from inference_optim_llm.intermediates import read_calibration
 from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
+from inference_optim_llm.result_file import ResultFileError, check_result, load_result, load_results  # noqa: F401 (readers import them from here)
 from inference_optim_llm.stats import ratio_ci
 
-RESULT_SCHEMA = Path(__file__).parent / "schemas" / "result.schema.json"
-SERVING_SCHEMA = Path(__file__).parent / "schemas" / "serving_result.schema.json"
 TEMPLATE = Path(__file__).parent / "templates" / "benchmark_results.md.j2"
 REFERENCE_ENGINE = "baseline"
-
-
-class ResultFileError(ValueError):
-    """A result file that is not a valid result; the message names the file."""
-
-
-def check_result(data, where) -> dict:
-    """Raise ResultFileError naming `where` unless data matches its schema (a serving result's, or a static
-    batch result's)."""
-    path = SERVING_SCHEMA if isinstance(data, dict) and data.get("scenario") == "serving" else RESULT_SCHEMA
-    schema = json.loads(path.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        at = "/".join(map(str, e.absolute_path)) or "(top level)"
-        raise ResultFileError(f"{where}: does not match inference_optim_llm/schemas/{path.name} at {at}: "
-                              f"{e.message}")
-    return data
-
-
-def load_result(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultFileError(f"{path}: not a readable JSON result ({e})") from None
-    return check_result(data, path)
 
 
 def _med(metrics: dict | None, key: str, scale: float = 1.0):
@@ -318,14 +289,14 @@ def aggregate(paths: list[Path], *, out_md: Path, out_csv: Path, plots_dir: Path
     for path, flag in ((out_md, "--out-md"), (out_csv, "--out-csv")):
         check_writable(path, flag)
     check_writable_dir(plots_dir, "--plots-dir")
-    results = [(p, load_result(p)) for p in paths]   # every file is validated before anything is written
+    results = load_results(paths)   # every file is checked, and no cell has two, before anything is written
+    calib = [read_calibration(c) for c in calibration]
     from inference_optim_llm import serving_report
     static = [(p, r) for p, r in results if r.get("scenario") != "serving"]
     served = [(p, r) for p, r in results if r.get("scenario") == "serving"]
     df, sdf = build_frame(static), serving_report.build_frame(served)
     made = plots(df, plots_dir) if not df.empty else []
     plots_dir.mkdir(parents=True, exist_ok=True)
-    calib = [json.loads(Path(c).read_text()) for c in calibration]
     sections = [{"model": model, "prompt_set": ps, "table": cell_table(g),
                  "plot": next((p for p in made if p.name == f"{model}__{ps}.png"), None),
                  "prompt_tokens": g.prompt_tokens_mean.dropna().mean(),

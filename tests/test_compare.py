@@ -56,7 +56,7 @@ def test_compare_cli_writes_the_markdown(tmp_path):
     a = _run(tmp_path / "a", [make_result("compiled", 1, 100.0)])
     proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "compare", str(a), str(tmp_path / "none"),
                            "--output", str(tmp_path / "c.md")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "no result files found" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'none'}: no such directory\n"
     proc = subprocess.run([sys.executable, "-m", "inference_optim_llm", "compare", str(a), str(a),
                            "--output", str(tmp_path / "c.md")], capture_output=True, text=True)
     assert proc.returncode == 0 and (tmp_path / "c.md").read_text().startswith("# Comparison")

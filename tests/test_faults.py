@@ -528,7 +528,7 @@ def test_15_aggregate_refuses_path_names_from_result_files(tmp_path, field, valu
     proc = cli("aggregate", f, "--out-md", tmp_path / "out/r.md", "--out-csv", tmp_path / "out/s.csv",
                "--plots-dir", tmp_path / "out/plots", cwd=tmp_path)
     assert proc.returncode == 2
-    assert str(f) in proc.stderr and f"target/{field}" in proc.stderr and "does not match" in proc.stderr
+    assert str(f) in proc.stderr and f"target.{field}" in proc.stderr and "does not match" in proc.stderr
     assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "out" / "r.md").exists()
 
 
