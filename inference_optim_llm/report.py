@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from inference_optim_llm.intermediates import read_calibration
-from inference_optim_llm.io import check_writable, check_writable_dir, temp_path, write_atomic
+from inference_optim_llm.io import check_writable, check_writable_dir, write_atomic, writing_file
 from inference_optim_llm.result_file import ResultFileError, check_result, load_result, load_results  # noqa: F401 (readers import them from here)
 from inference_optim_llm.stats import ratio_ci
 
@@ -225,13 +225,11 @@ def save_figure(fig, path: Path) -> Path:
     come from validated result files (no '/', no '..')."""
     import matplotlib.pyplot as plt
 
-    tmp = temp_path(path)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        tmp.replace(path)
+    try:   # writing_file: a failed write (a full disk) names the figure and leaves no temporary
+        with writing_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -99,3 +99,75 @@ def test_write_atomic_failing_on_a_new_file_leaves_nothing(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         write_atomic(target, "partial \udcff")
     assert names(tmp_path) == []
+
+
+# -- a full disk: the error names the destination, nothing half-written is left ----------------------------
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with no space left: a 64 KiB tmpfs (mounting needs root), `results/` made and
+    `results/kept.json` written, then filled up. Every write gets ENOSPC from the kernel."""
+    import subprocess
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (mnt / "results").mkdir()
+        (mnt / "results" / "kept.json").write_text('{"measured": 1}\n')
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            with pytest.raises(OSError, match="No space left on device"):
+                while True:
+                    f.write(b"\0" * 4096)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_there(full_disk):
+    from inference_optim_llm.io import WriteError
+    results = full_disk / "results"
+    for target in (results / "x.json", results / "kept.json"):
+        with pytest.raises(WriteError, match=f"^cannot write {target}: No space left on device$"):
+            write_json(target, {"tokens": list(range(10000))})
+    assert names(results) == ["kept.json"]                   # no temporary, no empty x.json
+    assert (results / "kept.json").read_text() == '{"measured": 1}\n'
+
+
+def test_a_full_disk_while_a_directory_is_built_names_it(full_disk):
+    from inference_optim_llm.io import WriteError, building_dir
+    dest = full_disk / "results" / "model"
+    with pytest.raises(WriteError, match=f"^cannot write {dest}: No space left on device$"):
+        with building_dir(dest) as tmp:
+            (tmp / "weights.bin").write_bytes(b"\0" * 100_000)   # the kernel's error names no file
+    # the tool's own writes inside it also say which file
+    with pytest.raises(WriteError, match=f"^cannot write {dest} \\(manifest.json\\): No space left on device$"):
+        with building_dir(dest) as tmp:
+            write_json(tmp / "manifest.json", {"files": list(range(10000))})
+    assert names(full_disk / "results") == ["kept.json"]
+
+
+def test_a_library_error_on_a_full_disk_names_the_destination(full_disk):
+    """safetensors (as save_pretrained uses it) raises its own SafetensorError, not an OSError."""
+    import torch
+    from safetensors.torch import save_file
+    from inference_optim_llm.io import WriteError, building_dir
+    dest = full_disk / "results" / "model"
+    with pytest.raises(WriteError, match=f"^cannot write {dest}: No space left on device \\(SafetensorError: "):
+        with building_dir(dest) as tmp:
+            save_file({"w": torch.zeros(100_000)}, tmp / "model.safetensors")
+    assert names(full_disk / "results") == ["kept.json"]
+
+
+def test_a_figure_on_a_full_disk_names_the_file_and_leaves_none(full_disk):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from inference_optim_llm.io import WriteError
+    from inference_optim_llm.report import save_figure
+    fig = plt.figure()
+    plt.plot(range(1000))
+    target = full_disk / "results" / "plot.png"
+    with pytest.raises(WriteError, match=f"^cannot write {target}: No space left on device$"):
+        save_figure(fig, target)
+    assert names(full_disk / "results") == ["kept.json"]    # matplotlib alone leaves an empty plot.png
