@@ -17,7 +17,8 @@ from inference_optim_llm.models import load_model, load_tokenizer
 
 class _StampEachStep(LogitsProcessor):
     """Called once per generated token, after the forward pass that produced its logits: a timestamp
-    there (a CUDA event on GPU, no host sync) marks when the token exists."""
+    there marks when the token exists (the first waits for the device, later ones are CUDA events on a GPU:
+    timing.TokenClock)."""
 
     def __init__(self, clock: TokenClock):
         self.clock = clock

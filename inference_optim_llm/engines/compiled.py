@@ -4,8 +4,8 @@
   model); transformers supplies the config and the rotary embedding; the forward pass below is ours, short enough to read at once: q/k/v and gate/up projections fused into one matmul
   each, a static KV cache, greedy argmax on the device.
 - The decode step is compiled with torch.compile; on CUDA with mode="reduce-overhead", so it is
-  replayed as a CUDA graph. Tokens go into a preallocated buffer; nothing is copied to the host until
-  the batch ends, so there is no host sync per token.
+  replayed as a CUDA graph. Tokens go into a preallocated buffer; only the first is copied to the host
+  before the batch ends (TTFT, on the host's clock: timing.py), so there is no host sync per token.
 - On CUDA (option kernels: triton, the default there) each batch-1 product is one Triton kernel with the RMS
   norm, SiLU * up or residual add beside it folded in, and a decode step's attention reads the cache only up to
   the query (kernels.py); elsewhere, and with kernels: torch, torch's ops.
@@ -286,7 +286,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
             raise ValueError(f"prompt ({P}, padded) + max_new_tokens ({max_new_tokens}) exceeds cache {self.max_len}")
         mask = self.share_batch(ids, mask, max_new_tokens)
         out = self.run_batch(ids, mask, max_new_tokens, clock)
-        tokens = out.tolist()                                  # the only host sync of the batch
+        tokens = out.tolist()                                  # the batch's host sync (with the first token's)
         self.batch_done()
         e2e = time.perf_counter() - t0
         times = clock.times_s()
@@ -310,7 +310,7 @@ class CompiledEngine(tp.Ranks, TorchEngine):
             tok = self.prefill(ids, positions, self.net.kv_index[:P], valid)
             out[:, 0] = tok
             if clock:
-                clock.stamp()
+                clock.stamp(out[:, 0])    # TTFT: the first tokens on the host (the batch's one sync before its end)
             for t in range(1, max_new_tokens):
                 tok = self.step(out[:, t - 1:t], next_pos + (t - 1), self.net.kv_index[P + t - 1:P + t], valid)
                 out[:, t] = tok
