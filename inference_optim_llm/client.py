@@ -7,6 +7,11 @@ What a request records (docs/serving.md defines the figures made from it):
   usage           the server's `usage` block (completion_tokens, prompt_tokens), from the last events
 A streamed event carries a token when its choice has text, or has empty text and is not the closing event
 (finish_reason set, text empty: transformers serve ends that way; vLLM's last token event carries both).
+An event that is not what the protocol says (not JSON, not an object, choices not a list of objects, usage
+not an object of integer counts) fails the request, its error showing the start of the event.
+
+A server's API key travels in the client's `Authorization` header only; it is replaced by *** in any error
+recorded (a server or proxy may echo it).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class Response:
     prompt_tokens: int | None = None         # the server's usage.prompt_tokens
     finish_reason: str | None = None
     error: str | None = None
+    status: int | None = None                # the HTTP status, once the server answered
 
     @property
     def streamed_tokens(self) -> int:
@@ -52,12 +58,59 @@ async def complete(client, url: str, body: dict, prompt_index: int, timeout_s: f
         await asyncio.wait_for(_read(client, url, body, r), timeout_s)
     except asyncio.TimeoutError:
         r.error = f"no complete answer within {timeout_s:g} s (request_timeout_s)"
+    key = client.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if r.error and key:
+        r.error = r.error.replace(key, "***")
     return r
+
+
+class ProtocolError(ValueError):
+    """A streamed event that is not what the OpenAI completions stream says."""
+
+
+SHOWN = 200   # characters of an offending event shown in its error
+
+
+def parse_event(data: str) -> dict:
+    """One server-sent event's data, checked: a JSON object whose `choices` (if any) is a list of objects
+    with string text and finish_reason, whose `usage` (if any) is an object of non-negative integer counts.
+    Raises ProtocolError naming what is wrong and showing the event (cut to SHOWN characters)."""
+    def bad(what):
+        shown = data if len(data) <= SHOWN else data[:SHOWN] + "..."
+        return ProtocolError(f"malformed event from the server ({what}): {shown!r}")
+
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise bad("not JSON") from None
+    if not isinstance(event, dict):
+        raise bad(f"a JSON {type(event).__name__}, not an object")
+    if event.get("error"):
+        return event
+    choices = event.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise bad(f"choices is a {type(choices).__name__}, not a list")
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            raise bad(f"a choice is a {type(choice).__name__}, not an object")
+        for key in ("text", "finish_reason"):
+            if choice.get(key) is not None and not isinstance(choice[key], str):
+                raise bad(f"choice {key} is a {type(choice[key]).__name__}, not a string")
+    usage = event.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise bad(f"usage is a {type(usage).__name__}, not an object")
+        for key in ("completion_tokens", "prompt_tokens"):
+            n = usage.get(key)
+            if n is not None and (type(n) is not int or n < 0):
+                raise bad(f"usage.{key} is {n!r}, not a count")
+    return event
 
 
 async def _read(client, url: str, body: dict, r: Response) -> None:
     try:
         async with client.stream("POST", url, json=body) as resp:
+            r.status = resp.status_code
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 r.error = f"HTTP {resp.status_code}: {text[:300]}"
@@ -71,7 +124,7 @@ async def _read(client, url: str, body: dict, r: Response) -> None:
                     break
                 if not data:
                     continue
-                event = json.loads(data)
+                event = parse_event(data)
                 if event.get("error"):   # a server's error event in the stream (vLLM sends them)
                     r.error = f"error event: {json.dumps(event['error'])[:300]}"
                     return
@@ -83,6 +136,8 @@ async def _read(client, url: str, body: dict, r: Response) -> None:
                     if text or (text == "" and finish is None):
                         r.token_times_s.append(now - r.sent_s)
                     r.finish_reason = finish or r.finish_reason
+    except ProtocolError as e:
+        r.error = str(e)
     except Exception as e:  # a failed request is recorded as such, never timed
         r.error = f"{type(e).__name__}: {str(e)[:300]}"
 
@@ -104,16 +159,21 @@ class TrivialEndpoint:
         length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
         await reader.readexactly(length)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for data in self.events():
+            writer.write(b"data: " + data.encode() + b"\n\n")
+            await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+        writer.close()
+
+    def events(self):
+        """The data of each event streamed: `tokens` token events, the last with the usage block."""
         for k in range(self.tokens):
             last = k == self.tokens - 1
             event = {"choices": [{"index": 0, "text": "x", "finish_reason": "length" if last else None}]}
             if last:
                 event["usage"] = {"completion_tokens": self.tokens, "prompt_tokens": 1}
-            writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            await writer.drain()
-        writer.write(b"data: [DONE]\n\n")
-        await writer.drain()
-        writer.close()
+            yield json.dumps(event)
 
     def _serve(self):
         asyncio.set_event_loop(self.loop)

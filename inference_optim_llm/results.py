@@ -146,6 +146,7 @@ def write(result: dict, records: list[dict], output: str | None, records_out: st
 def serving_base(spec, device: str, dtype: str, entry) -> dict:
     """A serving result's fixed part: the target (model x server x prompt set x load), its settings, the
     server as configured, the model, provenance."""
+    from inference_optim_llm.servers import redact_argv
     return {
         "schema_version": SCHEMA_VERSION,
         "scenario": "serving",
@@ -159,8 +160,11 @@ def serving_base(spec, device: str, dtype: str, entry) -> dict:
                      "burstiness": spec.burstiness, "request_timeout_s": spec.request_timeout_s, "slo": spec.slo,
                      "seed": spec.seed, "device": device, "dtype": dtype,
                      "telemetry_interval_s": spec.telemetry_interval_s, **{k: getattr(spec, k) for k in INTERFERENCE_KEYS}},
-        "server": {"command": entry.command, "base_url": entry.base_url, "length_control": entry.length_control,
-                   "stream_unit": entry.stream_unit, "started_by_job": not entry.external},
+        # the command as configured, secret-bearing flags' values hidden; the API key only by its variable
+        "server": {"command": redact_argv(entry.command) if entry.command else None, "base_url": entry.base_url,
+                   "api_key": f"from env {entry.api_key_env}" if entry.api_key_env else None,
+                   "length_control": entry.length_control, "stream_unit": entry.stream_unit,
+                   "started_by_job": not entry.external},
         "model": model_facts(Path(spec.model_dir)),
         "provenance": provenance.collect(vars(spec)),
     }

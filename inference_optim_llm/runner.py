@@ -118,9 +118,12 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
     from inference_optim_llm.client import client_floor, payload
     from inference_optim_llm.prompts import serving_prompts
     from inference_optim_llm.scenarios import serving
-    from inference_optim_llm.servers import Server, ServerEntry, ServerUnavailable, free_port, render
+    from inference_optim_llm.servers import (HIDDEN, Server, ServerEntry, ServerUnavailable, Unauthorized, api_key,
+                                             auth_error, free_port, redact_argv, render)
 
     entry = ServerEntry.from_config(spec.server, spec.server_entry)
+    key = api_key(entry)   # read here, in the job: only the variable's name travels in the spec
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     load = serving.Load.parse(spec.load)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -142,7 +145,7 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
     def measure(base_url: str, sample_gpu: str | None, pids=frozenset()):
         url = base_url.rstrip("/") + "/v1/completions"
         bodies = [payload(request_model, t, spec.max_new_tokens, entry.length_control) for t in texts]
-        return serving.measure(url, lambda i: bodies[i], prompt_tokens, spec, load, sample_gpu, pids)
+        return serving.measure(url, lambda i: bodies[i], prompt_tokens, spec, load, sample_gpu, pids, headers)
 
     try:
         if entry.external:
@@ -151,12 +154,16 @@ def run_serving(spec, server_log: str | Path) -> tuple[dict, list[dict]]:
                                                "this host's")
         else:
             port = free_port(host)
-            argv = [render(a, port=port, **values) for a in entry.command]
-            result["server"].update(argv=argv, log=str(server_log))
+            argv = [render(a, port=port, api_key=key or "", **values) for a in entry.command]
+            shown = [render(a, port=port, api_key=HIDDEN, **values) for a in entry.command]
+            result["server"].update(argv=redact_argv(shown, [key]), log=str(server_log))
             server = Server(argv, Path(server_log), f"http://{host}:{port}", entry.health_path,
-                            entry.start_timeout_s, entry.env, requires=entry.requires)
+                            entry.start_timeout_s, entry.env, requires=entry.requires, secrets=[key] if key else [],
+                            headers=headers)
             with server as base_url:
                 measured = measure(base_url, None, server.pids())
+    except Unauthorized as e:
+        raise auth_error(entry, e.status) from None
     except ServerUnavailable as e:
         if spec.strict:
             raise

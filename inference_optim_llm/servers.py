@@ -4,9 +4,14 @@ timeout whose error carries the tail of its log, SIGTERM then SIGKILL on every w
 
 A config entry (`servers.<name>`):
   command          the server's command line, a list (or a string, split like a shell would, never run by
-                   one) with placeholders {model_dir} {model} {port} {host} {device} {dtype}; a literal
-                   brace is doubled ({{ and }}, as in a JSON flag)
-  base_url         instead of command: a server already running elsewhere (nothing started or stopped)
+                   one) with placeholders {model_dir} {model} {port} {host} {device} {dtype} {api_key}; a
+                   literal brace is doubled ({{ and }}, as in a JSON flag)
+  base_url         instead of command: a server already running elsewhere (nothing started or stopped);
+                   credentials in it (user:password@) are refused: use api_key_env
+  api_key_env      the name of an environment variable, read where the job runs, that holds the server's
+                   API key: every request (and the health check) carries `Authorization: Bearer <key>`,
+                   and {api_key} in command is the key. Only the variable's name travels in the spec
+                   (Snakemake's params and metadata); results say `from env NAME`, logs show ***
   request_model    the `model` field of each request (default "{model_dir}", what `vllm serve DIR` and
                    `transformers serve DIR` answer to)
   length_control   how a request is held to exactly max_new_tokens tokens:
@@ -17,7 +22,9 @@ A config entry (`servers.<name>`):
                                         rejects both request fields with HTTP 422)
   health_path      polled until it answers 200 (default /health)
   start_timeout_s  how long the server may take to answer its health check (default 600)
-  env              extra environment variables for the server process (taken as written: no placeholders)
+  env              extra environment variables for the server process (taken as written: no placeholders);
+                   a name that looks secret-bearing (key, token, secret, password) is refused: the server
+                   inherits the job's environment, so export such a variable there instead
   stream_unit      token (default): the server streams one event per token, and the client checks that
                    and reports per-token ITL; chunk: it streams text as it becomes printable, several
                    tokens to an event (transformers serve 5.17 with continuous batching): usage must still
@@ -28,20 +35,97 @@ A config entry (`servers.<name>`):
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
 import socket
 import string
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from inference_optim_llm.hostfacts import log
 
-PLACEHOLDERS = {"model_dir", "model", "port", "host", "device", "dtype"}
+PLACEHOLDERS = {"model_dir", "model", "port", "host", "device", "dtype", "api_key"}
 LENGTH_CONTROLS = ("ignore_eos", "generation_config")
+HIDDEN = "***"
+# A flag or variable name that carries a secret: one of these words in it, the words split at - and _
+# (--api-key, --api_key, --hf-token, --password, HF_TOKEN, OPENAI_API_KEY). Whole words, so that
+# --tokenizer and --max-num-batched-tokens are not taken for secrets.
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
+
+
+def secret_name(name: str) -> bool:
+    return bool(SECRET_WORDS & set(re.split(r"[-_]+", name.lstrip("-").lower())))
+
+
+def _secret_flags(argv: list[str]):
+    """(index of the value, flag) for each value of a secret-bearing flag: `--flag VALUE` and `--flag=VALUE`."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            continue
+        flag, eq, _ = arg.partition("=")
+        if secret_name(flag):
+            if eq:
+                yield i, flag
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                yield i + 1, flag
+
+
+def redact_argv(argv: list[str], secrets=()) -> list[str]:
+    """argv as it may be recorded or logged: values of secret-bearing flags and every known secret shown
+    as ***."""
+    shown = [redact(a, secrets) for a in argv]
+    for i, _ in _secret_flags(argv):
+        flag, eq, _ = shown[i].partition("=")
+        shown[i] = f"{flag}={HIDDEN}" if eq and flag.startswith("-") else HIDDEN
+    return shown
+
+
+def redact(text: str, secrets=()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, HIDDEN)
+    return text
+
+
+def _check_no_secrets(where: str, entry: dict, command: list[str] | None) -> None:
+    """A secret written in the config would be copied into Snakemake's params and metadata and every
+    result: refuse it, naming the key, and say how to pass it instead."""
+    for i, flag in _secret_flags(command or []):
+        value = command[i].partition("=")[2] if command[i].startswith("-") else command[i]
+        if value != "{api_key}":
+            raise ValueError(f"{where}.command: {flag} is given a literal value, which would be written into "
+                             f"results, logs and Snakemake's metadata; for the server's API key, name an "
+                             f"environment variable holding it in {where}.api_key_env and write {flag} {{api_key}}; "
+                             "for another secret, export the variable the server reads (HF_TOKEN) where the job runs")
+    for name in entry.get("env") or {}:
+        if secret_name(name):
+            raise ValueError(f"{where}.env.{name}: looks like a secret, which would be written into Snakemake's "
+                             f"metadata; leave it out of the config: the server inherits the job's environment, "
+                             f"so export {name} where the job runs (and name the API key's variable in "
+                             f"{where}.api_key_env)")
+    base_url = entry.get("base_url")
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{where}.base_url: holds credentials (user:password@), which would be written into "
+                             f"every result; remove them, put the key in an environment variable and name it in "
+                             f"{where}.api_key_env (sent as Authorization: Bearer)")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{where}.base_url: has a query or fragment ({base_url.split('?')[0]}?...); give the "
+                             f"server's root, e.g. http://host:8000, and a key through {where}.api_key_env")
+    uses_key = "{api_key}" in " ".join(command or [])
+    if uses_key and not entry.get("api_key_env"):
+        raise ValueError(f"{where}.command: uses {{api_key}} but {where}.api_key_env (the environment variable "
+                         "holding the key) is not set")
+    if "{api_key}" in entry.get("request_model", ""):
+        raise ValueError(f"{where}.request_model: {{api_key}} is only for command (the key would be sent in "
+                         "every request body and recorded)")
 
 
 class ServerUnavailable(RuntimeError):
@@ -50,6 +134,38 @@ class ServerUnavailable(RuntimeError):
 
 class ServerStartError(RuntimeError):
     """The server did not become healthy in time, or exited; the message carries the tail of its log."""
+
+
+class ServerAuthError(ValueError):
+    """The server refused the job's credentials, or the key's variable is not set: a configuration error,
+    reported in one line that names the server."""
+
+
+class Unauthorized(Exception):
+    """A server answered 401 or 403 (to the health check or a request); the runner names the server."""
+
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def api_key(entry: "ServerEntry") -> str | None:
+    """The key from the environment variable that servers.<name>.api_key_env names (None without one)."""
+    if not entry.api_key_env:
+        return None
+    key = os.environ.get(entry.api_key_env, "")
+    if not key:
+        raise ServerAuthError(f"servers.{entry.name}.api_key_env: environment variable {entry.api_key_env} is "
+                              "not set (or empty) where the job runs; it should hold the server's API key")
+    return key
+
+
+def auth_error(entry: "ServerEntry", status: int) -> ServerAuthError:
+    if entry.api_key_env:
+        return ServerAuthError(f"servers.{entry.name} rejected the API key (HTTP {status}) from environment "
+                               f"variable {entry.api_key_env}: check that it holds the key the server expects")
+    return ServerAuthError(f"servers.{entry.name} answered HTTP {status}: it wants an API key; put the key in an "
+                           f"environment variable and name it in servers.{entry.name}.api_key_env")
 
 
 @dataclass
@@ -64,6 +180,7 @@ class ServerEntry:
     env: dict = field(default_factory=dict)
     requires: list = field(default_factory=list)
     stream_unit: str = "token"
+    api_key_env: str | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "ServerEntry":
@@ -85,6 +202,7 @@ class ServerEntry:
                                      f"(known: {', '.join(sorted(PLACEHOLDERS))})")
         if command is not None and "{port}" not in " ".join(command):
             raise ValueError(f"{where}.command: has no {{port}}: every job starts its server on a free port")
+        _check_no_secrets(where, entry, command)
         return cls(name=name, command=command, **{k: v for k, v in entry.items() if k != "command"})
 
     @property
@@ -137,11 +255,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def tail(path: Path, lines: int = 30) -> str:
+def tail(path: Path, lines: int = 30, secrets=()) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return redact("\n".join(path.read_text(errors="replace").splitlines()[-lines:]), secrets)
     except OSError as e:
         return f"(log unreadable: {e})"
+
+
+def _copy_redacted(source, path: Path, secrets) -> None:
+    """The server's output into its log, line by line, each secret replaced by *** (a server may print its
+    arguments: vLLM does, its --api-key too)."""
+    hidden = [s.encode() for s in secrets if s]
+    with source, open(path, "ab") as out:
+        for line in source:
+            for secret in hidden:
+                line = line.replace(secret, HIDDEN.encode())
+            out.write(line)
+            out.flush()
 
 
 class Server:
@@ -153,23 +283,34 @@ class Server:
 
     def __init__(self, argv: list[str], log_path: Path, base_url: str, health_path: str = "/health",
                  start_timeout_s: float = 600, env: dict | None = None, grace_s: float = 15,
-                 requires: list[str] = ()):
+                 requires: list[str] = (), secrets: list[str] = (), headers: dict | None = None):
+        """secrets: values never to be written in clear (the API key): the log line that starts the server,
+        the server's own log and the tail in an error show *** instead. headers: sent with the health check
+        (the API key's Authorization header)."""
         self.argv, self.log_path, self.base_url, self.requires = argv, Path(log_path), base_url, list(requires)
         self.health_url = base_url.rstrip("/") + health_path
         self.start_timeout_s, self.env, self.grace_s = start_timeout_s, env or {}, grace_s
+        self.secrets, self.headers = [s for s in secrets if s], headers or {}
         self.proc: subprocess.Popen | None = None
+        self.copier: threading.Thread | None = None
 
     def __enter__(self) -> str:
         why = missing_program(self.argv, self.requires)
         if why:
             raise ServerUnavailable(why)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log(f"starting server: {shlex.join(self.argv)} (log {self.log_path})")
+        log(f"starting server: {shlex.join(redact_argv(self.argv, self.secrets))} (log {self.log_path})")
         try:   # started inside the try: a signal at any point after Popen still stops it
             with open(self.log_path, "ab") as out:
-                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                # with a secret to hide, the output goes through this process (a thread that redacts it)
+                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE if self.secrets else out,
                                              stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                              start_new_session=True, preexec_fn=_die_with_parent)
+            if self.secrets:
+                self.copier = threading.Thread(target=_copy_redacted, daemon=True,
+                                               args=(self.proc.stdout, self.log_path, self.secrets))
+                self.copier.start()
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -183,18 +324,31 @@ class Server:
         while True:
             code = self.proc.poll()
             if code is not None:
+                self._drain()
                 raise ServerStartError(f"server exited with status {code} before answering {self.health_url}; "
-                                       f"last lines of {self.log_path}:\n{tail(self.log_path)}")
+                                       f"last lines of {self.log_path}:\n{self._tail()}")
             try:
-                if httpx.get(self.health_url, timeout=5).status_code == 200:
+                status = httpx.get(self.health_url, headers=self.headers, timeout=5).status_code
+                if status == 200:
                     log(f"server healthy after {time.monotonic() - start:.1f} s")
                     return
+                if status in (401, 403):
+                    raise Unauthorized(status)
             except httpx.HTTPError:
                 pass
             if time.monotonic() - start > self.start_timeout_s:
                 raise ServerStartError(f"server did not answer {self.health_url} within {self.start_timeout_s:g} s "
-                                       f"(start_timeout_s); last lines of {self.log_path}:\n{tail(self.log_path)}")
+                                       f"(start_timeout_s); last lines of {self.log_path}:\n{self._tail()}")
             time.sleep(0.5)
+
+    def _tail(self) -> str:
+        return tail(self.log_path, secrets=self.secrets)
+
+    def _drain(self, timeout_s: float = 5) -> None:
+        """Let the redacting copy write what the server printed before it exited (a child of the server
+        may hold the pipe open longer: not waited for)."""
+        if self.copier is not None:
+            self.copier.join(timeout_s)
 
     def pids(self) -> frozenset[int]:
         """The processes of the server's group now (its workers included): not "other" GPU processes."""
@@ -232,6 +386,7 @@ class Server:
                 except subprocess.TimeoutExpired:
                     log(f"server leader {self.proc.pid} still there 10 s after SIGKILL")
             log(f"server stopped (status {self.proc.returncode})")
+            self._drain()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 

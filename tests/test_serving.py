@@ -238,6 +238,61 @@ def test_client_counts_token_events_against_its_trivial_endpoint():
     assert floor["reason"] is None and 0 < floor["ttft_s"] < 1 and 0 <= floor["itl_s"] < 0.1
 
 
+LONG = json.dumps({"choices": "x" * 500})
+
+
+@pytest.mark.parametrize("data, what", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "a JSON list, not an object"),
+    ('"text"', "a JSON str, not an object"),
+    ('{"choices": {"text": "x"}}', "choices is a dict, not a list"),
+    ('{"choices": [3]}', "a choice is a int, not an object"),
+    ('{"choices": [{"text": 5}]}', "choice text is a int, not a string"),
+    ('{"choices": [{"text": "x", "finish_reason": 1}]}', "choice finish_reason is a int, not a string"),
+    ('{"choices": [], "usage": [8]}', "usage is a list, not an object"),
+    ('{"choices": [], "usage": {"completion_tokens": "8"}}', "usage.completion_tokens is '8', not a count"),
+    ('{"choices": [], "usage": {"completion_tokens": 8.0}}', "usage.completion_tokens is 8.0, not a count"),
+    ('{"choices": [], "usage": {"prompt_tokens": -1}}', "usage.prompt_tokens is -1, not a count"),
+    ('{"choices": [], "usage": {"prompt_tokens": true}}', "usage.prompt_tokens is True, not a count"),
+    (LONG, "choices is a str, not a list"),
+])
+def test_a_malformed_event_is_named_and_shown_cut_short(data, what):
+    """Pure logic (client.parse_event): every malformed event is a ProtocolError saying what is wrong and
+    showing the event, at most 200 characters of it."""
+    from inference_optim_llm.client import ProtocolError, parse_event
+
+    with pytest.raises(ProtocolError) as e:
+        parse_event(data)
+    shown = data if len(data) <= 200 else data[:200] + "..."
+    assert str(e.value) == f"malformed event from the server ({what}): {shown!r}"
+
+
+def test_well_formed_events_pass():
+    from inference_optim_llm.client import parse_event
+
+    for data in ('{"choices": [{"index": 0, "text": "x", "finish_reason": null}], "usage": null}',
+                 '{"choices": [], "usage": {"completion_tokens": 8, "prompt_tokens": 5, "total_tokens": 13}}',
+                 '{"error": {"message": "overloaded"}}', '{"choices": null}'):
+        assert isinstance(parse_event(data), dict)
+
+
+def test_a_malformed_event_from_a_real_endpoint_fails_the_point_naming_the_request():
+    """Through HTTP: a local endpoint (client.TrivialEndpoint, no model) whose second event is a JSON list."""
+    from inference_optim_llm.client import TrivialEndpoint
+    from inference_optim_llm.scenarios.serving import RequestFailed, measure
+
+    class ListEvent(TrivialEndpoint):
+        def events(self):
+            events = list(super().events())
+            return events[:1] + ["[1, 2]"] + events[1:]
+
+    with ListEvent(4) as url:
+        with pytest.raises(RequestFailed) as e:
+            measure(url, lambda i: payload("m", "p", 4, "none"), [1], _MeasureSpec(), Load.parse("c1"), "no GPU here")
+    assert str(e.value) == ("warm-up: request for prompt 0 failed: malformed event from the server (a JSON list, "
+                            "not an object): '[1, 2]'")
+
+
 def test_payload_holds_the_length_by_the_server_entry():
     assert payload("m", "p", 8, "ignore_eos")["min_tokens"] == 8
     assert "ignore_eos" not in payload("m", "p", 8, "generation_config")

@@ -27,6 +27,7 @@ from inference_optim_llm.client import Response, complete
 from inference_optim_llm.hostfacts import log
 from inference_optim_llm.interference import CpuWatch
 from inference_optim_llm.scenarios.static_batches import check_busy
+from inference_optim_llm.servers import Unauthorized
 from inference_optim_llm.telemetry import NvmlSampler, TelemetryReport, idle_power, unavailable
 
 LOAD_PATTERN = r"c[1-9][0-9]{0,4}|r(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?"
@@ -163,6 +164,8 @@ def check_response(r: Response, n: int, prompt_tokens: int, where: str, stream_u
     """usage.completion_tokens must be n; the streamed events too where the server streams one per token
     (stream_unit token), else between 1 and n (stream_unit chunk: a server that streams text as it
     becomes printable, several tokens to an event)."""
+    if r.status in (401, 403):
+        raise Unauthorized(r.status)
     if r.error:
         raise RequestFailed(f"{where}: request for prompt {r.prompt_index} failed: {r.error}")
     said = f"(finish_reason {r.finish_reason!r}; usage {r.completion_tokens}, streamed events {r.streamed_tokens})"
@@ -241,10 +244,11 @@ async def _open(client, url, body, n_prompts, times, stopper: _Stopper, timeout_
 
 
 def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_gpu: str | None,
-            server_pids: frozenset[int] = frozenset()) -> ServingMeasurement:
+            server_pids: frozenset[int] = frozenset(), headers: dict | None = None) -> ServingMeasurement:
     """body(i) is the request body for prompt i; prompt_tokens[i] its length in the model's tokens.
     sample_gpu: None to sample this host's GPU during the measured phase, else why not (an external server).
-    server_pids: the server's processes, which are not "other work" on the GPU."""
+    server_pids: the server's processes, which are not "other work" on the GPU. headers: sent with every
+    request (the API key's Authorization header)."""
     import httpx
 
     n_prompts, N = len(prompt_tokens), spec.max_new_tokens
@@ -253,7 +257,7 @@ def measure(url: str, body, prompt_tokens: list[int], spec, load: Load, sample_g
 
     async def run():
         # trust_env=False: a cluster's HTTP(S)_PROXY must not route requests meant for this host's server
-        async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits,
+        async with httpx.AsyncClient(timeout=spec.request_timeout_s, limits=limits, headers=headers,
                                      trust_env=not url.startswith("http://127.0.0.1")) as client:
             idle = idle_power(spec.idle_power_s, spec.telemetry_interval_s) if sample_gpu is None else None
             warm = await _closed(client, url, body, n_prompts, min(users, max(spec.warmup_requests, 1)),
