@@ -9,7 +9,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from inference_optim_llm import watchdog
 from inference_optim_llm.io import INTERRUPTED, Interrupted, check_writable, write_json
+from inference_optim_llm.targetlock import TargetBusy, target_lock
 
 
 # SIGTERM (what SLURM and Snakemake send), SIGHUP and SIGINT raise Terminated, so every
@@ -96,7 +98,9 @@ def paths(named_input) -> list[Path]:
 @contextmanager
 def job(snakemake):
     """Around a workflow script: everything it prints (its child processes too) goes to the rule's log,
-    SIGTERM/SIGHUP clean up like Ctrl-C, and bad input ends the job with one line, no traceback."""
+    SIGTERM/SIGHUP clean up like Ctrl-C, and bad input ends the job with one line, no traceback.
+    The job stops (as on SIGTERM) when the workflow that started it is gone (watchdog), and refuses to
+    start while another job makes the same target (targetlock): one measurement per result."""
     import os
 
     log = open(snakemake.log[0], "w", buffering=1)
@@ -105,8 +109,10 @@ def job(snakemake):
     sys.stdout = sys.stderr = log
     install_signal_handlers()
     try:
-        yield
-    except (ValueError, OSError) as e:
+        with target_lock(snakemake.output[0]):
+            watchdog.watch()
+            yield
+    except (ValueError, OSError, TargetBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Terminated as e:

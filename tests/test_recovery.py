@@ -1,0 +1,189 @@
+"""Recovery after kill -9 of Snakemake: the job it started stops (inference_optim_llm/watchdog.py), a second job
+for the same target refuses to start while the first lives (inference_optim_llm/targetlock.py), and the
+documented recovery (`snakemake --unlock`, then `snakemake --rerun-incomplete`) measures each result once.
+
+The fast tests use real processes: a program named `snakemake` (what the watchdog looks for) that starts a
+job running the real `stages.job()`. The slow ones kill -9 the real workflow's Snakemake process alone (not
+its group) in the middle of a static cell (llama-tiny) and of a serving cell (a real `transformers serve`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_downloads, workflow_config
+
+# A job as a workflow script runs it: the real stages.job() around a body that would measure for minutes.
+JOB = textwrap.dedent("""\
+    import os, sys, time
+    from types import SimpleNamespace
+    from inference_optim_llm.stages import job
+    tmp = sys.argv[1]
+    with job(SimpleNamespace(log=[f"{tmp}/job.log"], output=[f"{tmp}/out/result.json"])):
+        open(f"{tmp}/job.pid", "w").write(str(os.getpid()))
+        print("measuring")
+        time.sleep(600)
+        open(f"{tmp}/out/result.json", "w").write("{}")
+    """)
+# A parent that starts its argv and waits for it.
+PARENT = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} after {timeout} s")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _fake_snakemake(tmp: Path) -> Path:
+    """An executable named `snakemake` that runs its arguments (the watchdog tells Snakemake by its name)."""
+    exe = tmp / "bin" / "snakemake"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\n{PARENT}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def _start_job(tmp: Path, *launchers: str) -> tuple[subprocess.Popen, int]:
+    (tmp / "job.py").write_text(JOB)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*launchers, sys.executable, str(tmp / "job.py"), str(tmp)], env=env,
+                            start_new_session=True)
+    _wait(lambda: "measuring" in _read(tmp / "job.log"), 60, "the job never started")
+    return proc, int((tmp / "job.pid").read_text())
+
+
+def _descendants_gone(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # whatever a failed test left
+    except ProcessLookupError:
+        pass
+
+
+def test_a_job_stops_cleanly_when_its_snakemake_is_killed(tmp_path):
+    """Snakemake killed with -9 and not yet reaped (a zombie of its parent): the job sends itself SIGTERM,
+    cleans up like on any SIGTERM, writes no result and leaves no lock."""
+    snakemake = _fake_snakemake(tmp_path)
+    proc, job_pid = _start_job(tmp_path, sys.executable, str(snakemake))
+    try:
+        log = _read(tmp_path / "job.log")
+        assert f"watchdog: this job stops if a process of the workflow that started it ends: {proc.pid} (python" in log
+        os.kill(proc.pid, signal.SIGKILL)                    # Snakemake alone, not its group
+        _wait(lambda: not _alive(job_pid), 10, "the job still runs after its Snakemake was killed")
+        log = _read(tmp_path / "job.log")
+        assert f"watchdog: {proc.pid} (python" in log and "ended" in log
+        assert "stopped by SIGTERM: temporary files removed" in log and "Traceback" not in log
+        assert not (tmp_path / "out" / "result.json").exists()
+        assert not list((tmp_path / "out").iterdir())         # its lock removed too
+    finally:
+        _descendants_gone(proc)
+        proc.wait()
+
+
+def test_nothing_above_the_top_most_snakemake_is_watched(tmp_path):
+    """A process above Snakemake (a terminal, nohup, a login shell) may end: the job goes on. The job's
+    parent chain here: pytest -> plain python (not watched) -> snakemake (watched) -> job."""
+    snakemake = _fake_snakemake(tmp_path)
+    proc, job_pid = _start_job(tmp_path, sys.executable, "-c", PARENT, sys.executable, str(snakemake))
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        snakemake_pid = int(children[0])
+        log = _read(tmp_path / "job.log")
+        assert f"ends: {snakemake_pid} (python" in log and str(proc.pid) not in log.split("ends:")[1]
+        os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(3)
+        assert _alive(job_pid), _read(tmp_path / "job.log")
+        os.kill(snakemake_pid, signal.SIGKILL)
+        _wait(lambda: not _alive(job_pid), 10, "the job still runs after its Snakemake was killed")
+        assert "stopped by SIGTERM" in _read(tmp_path / "job.log")
+    finally:
+        _descendants_gone(proc)
+        proc.wait()
+
+
+def test_a_job_without_snakemake_above_it_watches_nothing(tmp_path):
+    proc, job_pid = _start_job(tmp_path, sys.executable, "-c", PARENT)
+    try:
+        assert "watchdog: no Snakemake process among this job's ancestors: nothing watched" in _read(tmp_path / "job.log")
+    finally:
+        _descendants_gone(proc)
+        proc.wait()
+
+
+def test_snakemake_is_told_by_its_command_line():
+    from inference_optim_llm.watchdog import is_snakemake
+
+    for argv in (["snakemake", "--cores", "1"], ["/venv/bin/snakemake"], ["python3", "-m", "snakemake", "-n"],
+                 ["/usr/bin/python3.11", "-u", "-X", "dev", "-m", "snakemake"], ["python", "/venv/bin/snakemake", "-j1"]):
+        assert is_snakemake(argv), argv
+    for argv in ([], ["bash", "-c", "python -m snakemake --cores 1"], ["python", "run.py", "snakemake"],
+                 ["python", "-m", "pytest", "snakemake"], ["vim", "snakemake"], ["nohup", "snakemake"]):
+        assert not is_snakemake(argv), argv
+
+
+def test_a_reused_pid_counts_as_gone():
+    """A pid names another process once its own ended: the start time tells them apart."""
+    from inference_optim_llm.watchdog import Process, _stat, alive
+
+    start = _stat(os.getpid())[2]
+    assert alive(Process(os.getpid(), start, "me"))
+    assert not alive(Process(os.getpid(), start + 1, "me"))
+
+
+def test_a_second_job_for_a_locked_target_refuses_to_start(tmp_path):
+    """Two processes, one target: the second fails with one line naming the target and the holder's pid;
+    once the holder is killed with -9, the lock is free (the kernel dropped it) and the next job runs."""
+    holder, holder_pid = _start_job(tmp_path, sys.executable, "-c", PARENT)
+    try:
+        lock = tmp_path / "out" / ".result.json.iol-lock"
+        assert lock.read_text().startswith(f"pid {holder_pid} on ")
+        second = tmp_path / "second"
+        second.mkdir()
+        code = textwrap.dedent(f"""\
+            from types import SimpleNamespace
+            from inference_optim_llm.stages import job
+            with job(SimpleNamespace(log=["{second}/job.log"], output=["{tmp_path}/out/result.json"])):
+                print("measuring")
+            """)
+        run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=120)
+        log = (second / "job.log").read_text()
+        assert run.returncode == 2, log
+        assert log.splitlines() == [f"error: {tmp_path}/out/result.json: another job is making this target "
+                                    f"(pid {holder_pid} on {os.uname().nodename}, lock {lock}): not started twice; "
+                                    "wait for it to end, or stop it, then run again"]
+        os.kill(holder_pid, signal.SIGKILL)
+        _wait(lambda: not _alive(holder_pid), 10, "the holder still runs")
+        assert lock.exists()                   # the empty file of a killed holder stays, unlocked
+        run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and (second / "job.log").read_text().endswith("measuring\n")
+        assert not lock.exists()
+    finally:
+        _descendants_gone(holder)
+        holder.wait()
