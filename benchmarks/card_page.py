@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
+
+from inference_optim_llm.result_file import ResultFileError, load_result
 
 BAR = {"llama-1b": 0.50, "llama-8b": 0.75}   # fraction of the measured bandwidth, compiled at batch 1
 SPEEDUP_BAR = {"llama-1b": 5.0}              # compiled over baseline at batch 1
@@ -20,7 +23,12 @@ SPEEDUP_BAR = {"llama-1b": 5.0}              # compiled over baseline at batch 1
 
 def load(results: Path, model: str, engine: str) -> dict | None:
     p = results / "runs" / model / engine / "tok64" / "bs1.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return load_result(p) if p.is_file() else None
+
+
+def _f(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """A figure as the table shows it; n/a where the result has none (its null_reasons or reason say why)."""
+    return "n/a" if v is None else format(v * scale, spec) + unit
 
 
 def bar_rows(results: Path) -> list[str]:
@@ -37,10 +45,12 @@ def bar_rows(results: Path) -> list[str]:
                 rows.append(f"| {model} | {engine} | {r['status']}: {r['reason']} | | | | | | |")
                 continue
             tps = r["metrics"]["output_tokens_per_s"]["median"]
-            bw = r["bandwidth"]
-            frac = bw["fraction_of_measured"]
+            bw = r["bandwidth"] or {}
+            frac = bw.get("fraction_of_measured")
             bar = verdict = ""
-            if engine == "compiled":
+            if engine == "compiled" and frac is None:
+                bar, verdict = f"{need:.0%} of measured", f"n/a ({bw.get('reason') or 'no bandwidth figure'})"
+            elif engine == "compiled":
                 bar = f"{need:.0%} of measured"
                 verdict = (f"met (+{100 * (frac - need):.1f} points)" if frac >= need
                            else f"**missed by {100 * (need - frac):.1f} points**")
@@ -49,8 +59,8 @@ def bar_rows(results: Path) -> list[str]:
                     ok = "met" if x >= SPEEDUP_BAR[model] else "**missed**"
                     bar += f"; {SPEEDUP_BAR[model]:.0f}x baseline"
                     verdict += f"; {x:.1f}x baseline: {ok}"
-            rows.append(f"| {model} | {engine} | ok | {tps:.1f} | {1e3 * r['metrics']['tpot_s']['median']:.3f} | "
-                        f"{bw['achieved_gb_s']:.0f} | {100 * frac:.1f} % | {bar} | {verdict} |")
+            rows.append(f"| {model} | {engine} | ok | {tps:.1f} | {_f(r['metrics']['tpot_s']['median'], '.3f', 1e3)} | "
+                        f"{_f(bw.get('achieved_gb_s'), '.0f')} | {_f(frac, '.1f', 100, ' %')} | {bar} | {verdict} |")
     return rows
 
 
@@ -88,7 +98,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     results = Path(a.results)
-    first = json.loads(next((results / "runs").glob("*/*/*/bs1.json")).read_text())["provenance"]
+    bs1 = sorted((results / "runs").glob("*/*/*/bs1.json"))
+    if not bs1:
+        raise ResultFileError(f"{results / 'runs'}: no result at batch 1 (runs/MODEL/ENGINE/PROMPTS/bs1.json)")
+    first = load_result(bs1[0])["provenance"]
     out = Path(a.out)
     report_path = Path(a.report)
     report = report_path.read_text()
@@ -115,4 +128,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ResultFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

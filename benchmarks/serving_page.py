@@ -29,4 +29,8 @@ def main(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except ValueError as e:   # a result file that is not a valid result, named with what is wrong
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -15,6 +15,11 @@ from inference_optim_llm.compare import compare
 from inference_optim_llm.report import aggregate, load_result
 
 
+def _f(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """A figure as the table shows it; n/a where the result has none (its null_reasons say why)."""
+    return "n/a" if v is None else format(v * scale, spec) + unit
+
+
 def cell_rows(d: Path) -> list[str]:
     rows = ["| run | cell | output tok/s | ± (95 %) | repetitions | timed s | stopped because | idle W | "
             "power W | SM clock, share of max | throttle reasons | verdict |",
@@ -22,14 +27,22 @@ def cell_rows(d: Path) -> list[str]:
     for run in ("a", "b"):
         for path in sorted((d / f"run-{run}" / "runs").rglob("*.json")):
             r = load_result(path)
-            t, tel, stop = r["target"], r["telemetry"], r["stopping"]
-            m = r["metrics"]["output_tokens_per_s"]
-            hw = m["ci95"]["half_width_rel"]
-            clock = tel["sm_clock_mean_mhz"] / tel["sm_clock_max_mhz"]
-            rows.append(f"| {run.upper()} | {t['model']} / {t['engine']} / bs{t['batch_size']} | {m['median']:.1f} | "
-                        f"{100 * hw:.2f} % | {stop['repetitions']} | {stop['timed_s']:.1f} | {stop['reason']} | "
-                        f"{tel['idle_power_w']:.0f} | {tel['power_mean_w']:.0f} | {100 * clock:.2f} % | "
-                        f"{', '.join(tel['throttle_reasons']) or 'none'} | {r['verdict']['status']} |")
+            t, tel = r["target"], r["telemetry"]
+            name = f"{t['model']} / {t['engine']} / bs{t['batch_size']}"
+            if r["status"] != "ok":
+                rows.append(f"| {run.upper()} | {name} | {r['status']}: {r['reason']} |" + " |" * 9)
+                continue
+            stop, m = r.get("stopping") or {}, r["metrics"]["output_tokens_per_s"]
+            clocks = tel.get("sm_clock_mean_mhz"), tel.get("sm_clock_max_mhz")
+            clock = clocks[0] / clocks[1] if None not in clocks and clocks[1] else None
+            throttle = tel.get("throttle_reasons")
+            rows.append(f"| {run.upper()} | {name} | {m['median']:.1f} | "
+                        f"{_f((m.get('ci95') or {}).get('half_width_rel'), '.2f', 100, ' %')} | "
+                        f"{stop.get('repetitions', 'n/a')} | {_f(stop.get('timed_s'), '.1f')} | "
+                        f"{stop.get('reason', 'n/a')} | {_f(tel.get('idle_power_w'), '.0f')} | "
+                        f"{_f(tel.get('power_mean_w'), '.0f')} | {_f(clock, '.2f', 100, ' %')} | "
+                        f"{'n/a' if throttle is None else ', '.join(throttle) or 'none'} | "
+                        f"{(r.get('verdict') or {}).get('status', 'n/a')} |")
     return rows
 
 
@@ -59,4 +72,8 @@ def main(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except ValueError as e:   # a result file that is not a valid result (named), or runs that cannot be compared
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
