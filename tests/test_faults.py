@@ -4,6 +4,7 @@ and tokenizer, random weights, a few MB) or a directory built here; everything r
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -547,3 +548,61 @@ def test_6_nothing_is_published_after_a_signal_even_if_a_library_swallowed_it(tm
     finally:
         io.INTERRUPTED.clear()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- model directories the tool writes are plain Hugging Face directories ---------------------------------
+
+def test_the_embedded_model_directory_loads_as_an_ordinary_model(smollm2_dir):
+    """Its weights are dequantized safetensors: nothing may say gguf, and the config states their dtype."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert "quantization_config" not in json.loads((smollm2_dir / "config.json").read_text())
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    assert getattr(config, "quantization_config", None) is None
+    with safe_open(smollm2_dir / "model.safetensors", framework="pt") as h:
+        stored = {h.get_slice(k).get_dtype() for k in h.keys()}
+    assert stored == {"F32"} and config.dtype == torch.float32
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    assert getattr(model, "hf_quantizer", None) is None
+    assert model.float().dtype == torch.float32            # refused for a model transformers thinks quantized
+
+
+def _stale_model_dir(path: Path) -> Path:
+    """The embedded model's directory as an older version wrote it: config.json still says gguf."""
+    from inference_optim_llm.io import MARKER
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "dtype": "float32", "max_position_embeddings": 8192,
+        "quantization_config": {"dequantize": False, "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                "quant_method": "gguf"}}))
+    (path / "manifest.json").write_text(json.dumps({"name": path.name, "source": "embedded:smollm2-135m-instruct"}))
+    (path / "model.safetensors").write_bytes(b"")
+    (path / MARKER).write_text("{}\n")
+    return path
+
+
+def test_a_model_directory_that_says_gguf_over_plain_weights_is_refused(tmp_path):
+    from inference_optim_llm.intermediates import IntermediateError, check_model_dir
+    from inference_optim_llm.models import load_model
+    stale = _stale_model_dir(tmp_path / "smollm2")
+    expected = f"{stale / 'config.json'}: declares quantization_config gguf, but the directory holds no GGUF file"
+    for check in (check_model_dir, lambda d: load_model(d, "cpu", "float32")):
+        with pytest.raises(IntermediateError, match="^" + re.escape(expected)):
+            check(stale)
+
+
+def test_a_stale_model_directory_stops_the_workflow_at_parse_time(tmp_path):
+    import yaml
+    from conftest import workflow_config
+    config = workflow_config("tiny")
+    config["models"] = {"tiny": {"source": "embedded:smollm2-135m-instruct"}}
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    _stale_model_dir(tmp_path / "resources" / "models" / "tiny")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                           "--cores", "1", "-n"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("resources/models/tiny/config.json: declares quantization_config gguf, but the directory holds no "
+            "GGUF file (its weights are plain); delete the directory and run again") in proc.stdout + proc.stderr
