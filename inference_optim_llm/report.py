@@ -9,7 +9,8 @@ from pathlib import Path
 
 from inference_optim_llm.intermediates import read_calibration
 from inference_optim_llm.io import check_writable, check_writable_dir, write_atomic, writing_file
-from inference_optim_llm.result_file import ResultFileError, check_result, load_result, load_results  # noqa: F401 (readers import them from here)
+# the one door to a result; readers and results.write import these from here too
+from inference_optim_llm.result_file import ResultFileError, check_result, load_result, load_results  # noqa: F401
 from inference_optim_llm.stats import ratio_ci
 
 TEMPLATE = Path(__file__).parent / "templates" / "benchmark_results.md.j2"

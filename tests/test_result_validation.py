@@ -286,3 +286,14 @@ def test_a_measured_result_with_nan_is_never_written_as_the_result_but_kept(tmp_
         write_result(put(real(), "metrics.e2e_s.mean", float("nan")), [], str(out), None)
     assert not out.exists()
     assert "NaN" in (tmp_path / "bs1.invalid.json").read_text()
+
+
+def test_the_serving_page_renderer_refuses_a_bad_serving_result(tmp_path):
+    """benchmarks/serving_page.py renders through report.aggregate, which reads through the same check."""
+    d = tmp_path / "card-serving"
+    bad = write(d, put(real(SERVING), "metrics.tpot_s.median", float("inf")), "c4.json", "serving/llama-1b/x/tok64")
+    (d / "notes.md").write_text("notes\n")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/serving_page.py"), d], cwd=REPO,
+                          capture_output=True, text=True)
+    assert one_line_error(proc) == f"error: {bad}: metrics.tpot_s.median is Infinity (a result's numbers must be finite)\n"
+    assert not (tmp_path / "card-serving.md").exists()
