@@ -10,6 +10,7 @@ from inference_optim_llm import bounds
 from inference_optim_llm.engines import ENGINES, WEIGHTS, EngineSettings, check_options
 from inference_optim_llm.hostfacts import check_device
 from inference_optim_llm.models import check_name
+from inference_optim_llm.strict_yaml import json_object
 
 # benchmark.* keys of issue 13 (enough measurement, then interference), carried by the specs as they are
 MEASURE_KEYS = ("min_measure_s", "ci_target_rel", "max_repetitions", "max_measure_s")   # static batches only
@@ -20,8 +21,13 @@ TRUST_KEYS = MEASURE_KEYS + INTERFERENCE_KEYS
 class _FromJson:
     @classmethod
     def from_json(cls, text: str):
-        """A spec from the CLI's --spec JSON: an unknown key is an error naming it."""
-        data = json.loads(text)
+        """A spec from the CLI's --spec JSON: an unknown or repeated key is an error naming it."""
+        try:
+            data = json.loads(text, object_pairs_hook=lambda pairs: json_object("--spec", pairs))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--spec: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--spec: a JSON object is expected, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"--spec: unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")

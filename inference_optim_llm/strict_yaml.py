@@ -54,7 +54,7 @@ def load(path: str | Path):
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     try:   # Snakemake reads a config file as JSON first; a JSON file may indent with tabs, which YAML refuses
-        return json.loads(text, object_pairs_hook=lambda pairs: _json_object(path, pairs))
+        return json.loads(text, object_pairs_hook=lambda pairs: json_object(path, pairs))
     except DuplicateKeyError as e:
         raise DuplicateKeyError(str(e)) from None
     except json.JSONDecodeError:
@@ -67,7 +67,7 @@ def load(path: str | Path):
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
-def _json_object(path, pairs) -> dict:
+def json_object(path, pairs) -> dict:
     out = {}
     for key, value in pairs:
         if key in out:

@@ -232,3 +232,13 @@ def test_an_empty_local_model_roots_refuses_the_workflow_naming_the_key(tmp_path
     config["local_model_roots"] = ["models"]
     proc = dry_run(tmp_path, yaml.safe_dump(config))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_a_spec_json_refuses_a_repeated_key_and_a_non_object():
+    from inference_optim_llm.spec import BenchSpec
+    with pytest.raises(ValueError, match=r"^--spec: duplicate key 'batch_size'"):
+        BenchSpec.from_json('{"batch_size": 1, "batch_size": 2}')
+    with pytest.raises(ValueError, match=r"^--spec: a JSON object is expected, got list"):
+        BenchSpec.from_json('[1, 2]')
+    with pytest.raises(ValueError, match=r"^--spec: not valid JSON"):
+        BenchSpec.from_json('{"batch_size": ')
