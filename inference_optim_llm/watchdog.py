@@ -87,7 +87,9 @@ def workflow_processes(pid: int | None = None) -> list[Process]:
         if stat is None:
             break
         argv = _argv(ppid)
-        chain.append((Process(ppid, stat[2], Path(argv[0]).name if argv else "?"), is_snakemake(argv)))
+        snakemake = is_snakemake(argv)
+        name = "snakemake" if snakemake else Path(argv[0]).name if argv else "?"
+        chain.append((Process(ppid, stat[2], name), snakemake))
     tops = [i for i, (_, snakemake) in enumerate(chain) if snakemake]
     if not tops:
         return []

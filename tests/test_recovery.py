@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,11 +92,11 @@ def test_a_job_stops_cleanly_when_its_snakemake_is_killed(tmp_path):
     proc, job_pid = _start_job(tmp_path, sys.executable, str(snakemake))
     try:
         log = _read(tmp_path / "job.log")
-        assert f"watchdog: this job stops if a process of the workflow that started it ends: {proc.pid} (python" in log
+        assert f"watchdog: this job stops if a process of the workflow that started it ends: {proc.pid} (snakemake)" in log
         os.kill(proc.pid, signal.SIGKILL)                    # Snakemake alone, not its group
         _wait(lambda: not _alive(job_pid), 10, "the job still runs after its Snakemake was killed")
         log = _read(tmp_path / "job.log")
-        assert f"watchdog: {proc.pid} (python" in log and "ended" in log
+        assert f"watchdog: {proc.pid} (snakemake)" in log and "ended" in log
         assert "stopped by SIGTERM: temporary files removed" in log and "Traceback" not in log
         assert not (tmp_path / "out" / "result.json").exists()
         assert not list((tmp_path / "out").iterdir())         # its lock removed too
@@ -114,7 +115,7 @@ def test_nothing_above_the_top_most_snakemake_is_watched(tmp_path):
         assert len(children) == 1
         snakemake_pid = int(children[0])
         log = _read(tmp_path / "job.log")
-        assert f"ends: {snakemake_pid} (python" in log and str(proc.pid) not in log.split("ends:")[1]
+        assert f"ends: {snakemake_pid} (snakemake)" in log and str(proc.pid) not in log.split("ends:")[1]
         os.kill(proc.pid, signal.SIGKILL)
         time.sleep(3)
         assert _alive(job_pid), _read(tmp_path / "job.log")
@@ -187,3 +188,86 @@ def test_a_second_job_for_a_locked_target_refuses_to_start(tmp_path):
     finally:
         _descendants_gone(holder)
         holder.wait()
+
+
+# -- the real workflow: kill -9 of Snakemake alone, then the documented recovery --------------------------
+
+def _workdir(tmp: Path, config: dict, gguf: Path) -> Path:
+    (tmp / "config").mkdir(parents=True)
+    (tmp / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp / "data").symlink_to(REPO / "data")
+    copy_downloads(gguf, tmp)
+    return tmp
+
+
+def _snakemake_argv(wd: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--cores", "1", *args]
+
+
+def _recover(wd: Path, *targets: str) -> None:
+    """The documented recovery after kill -9 of Snakemake (README, docs/reliability.md)."""
+    for args in (["--unlock"], ["--rerun-incomplete", *targets]):
+        proc = subprocess.run(_snakemake_argv(wd, *args), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def _kill_snakemake_mid_job(wd: Path, log_glob: str, measuring: str, *targets: str) -> tuple[Path, int]:
+    """Start the workflow, wait until a job's log (log_glob) shows `measuring`, kill -9 the Snakemake process
+    alone. Returns that job's log and pid (from its target lock)."""
+    out = open(wd / "snakemake.out", "w")
+    proc = subprocess.Popen(_snakemake_argv(wd, *targets), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        def started():
+            return next((p for p in (wd / "results/logs").glob(log_glob) if measuring in p.read_text()), None)
+        _wait(lambda: proc.poll() is not None or started(), 600, "no job started measuring")
+        log = started()
+        assert log and proc.poll() is None, _read(wd / "snakemake.out")[-3000:]
+        locks = list((wd / "results").rglob(".*.iol-lock"))
+        assert len(locks) == 1, locks
+        job_pid = int(locks[0].read_text().split()[1])
+        os.kill(proc.pid, signal.SIGKILL)                  # Snakemake alone: its job is not signalled
+        proc.wait()
+        _wait(lambda: not _alive(job_pid), 10, f"job {job_pid} still runs after its Snakemake was killed")
+        return log, job_pid
+    finally:
+        _descendants_gone(proc)
+
+
+def _logged_batches(log: Path) -> list[tuple[int, int, str]]:
+    """(repetition, batch, e2e seconds as logged) of every timed batch a job's log shows."""
+    return [(int(m[1]), int(m[2]), m[3]) for m in re.finditer(r"\] rep (\d+)(?:/\d+| \(more: stopping rule\)) batch (\d+)/\d+: ([0-9.]+) s", log.read_text())]
+
+
+# Each cell measures for 15 s however fast the machine (the stopping rule's min_measure_s): the kill lands
+# early in the cell, and without the watchdog the job would outlive the 10 s the test gives it to stop.
+MEASURE_S = 15
+
+
+@pytest.mark.slow
+def test_kill_9_of_snakemake_mid_static_cell_then_the_documented_recovery(tmp_path, smollm2_gguf):
+    config = workflow_config("tiny")
+    config["benchmark"].update(max_new_tokens=64, repetitions=3, min_measure_s=MEASURE_S, max_repetitions=10000)
+    wd = _workdir(tmp_path, config, smollm2_gguf)
+    runs = wd / "results/runs/tiny/baseline/p8"
+
+    log, job_pid = _kill_snakemake_mid_job(wd, "runs/tiny/baseline/p8/*.log", "rep 2/3 ")
+    text = log.read_text()
+    assert "ended, so nothing waits for this job's result: stopping it (SIGTERM)" in text
+    assert "stopped by SIGTERM: temporary files removed" in text and "Traceback" not in text
+    killed = runs / log.name.replace(".log", ".json")
+    assert not killed.exists() and not [p for p in runs.glob(".*") if ".iol-tmp." in p.name]
+    time.sleep(3)
+    assert not killed.exists()                              # nothing published late either
+
+    _recover(wd)
+    for bs in ("bs1", "bs2"):
+        result = json.loads((runs / f"{bs}.json").read_text())
+        assert result["status"] == "ok"
+        # One measurement: the published batches are those one job logged, each repetition once.
+        logged = _logged_batches(wd / f"results/logs/runs/tiny/baseline/p8/{bs}.log")
+        assert logged == [(b["repetition"] + 1, b["batch"] + 1, f"{b['e2e_s']:.2f}") for b in result["batches"]]
+        assert len(logged) == result["stopping"]["repetitions"] * result["settings"]["padding"]["batches_per_repetition"]
+        assert result["stopping"]["timed_s"] >= MEASURE_S
+    assert not list((wd / "results").rglob(".*.iol-lock"))
+    assert not _alive(job_pid)
