@@ -16,6 +16,8 @@ from pathlib import Path
 
 import jsonschema
 
+from inference_optim_llm.strict_yaml import DuplicateKeyError, json_object
+
 SCHEMAS = Path(__file__).parent / "schemas"
 RESULT_SCHEMA = SCHEMAS / "result.schema.json"
 SERVING_SCHEMA = SCHEMAS / "serving_result.schema.json"
@@ -78,7 +80,10 @@ def check_result(data, where) -> dict:
 def read_json(path: Path):
     """A file's JSON, or ResultFileError naming the file (missing, unreadable, not UTF-8, truncated)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"),
+                          object_pairs_hook=lambda pairs: json_object(path, pairs))
+    except DuplicateKeyError as e:   # two values for one key: which one a reader took would be chance
+        raise ResultFileError(str(e)) from None
     except FileNotFoundError:
         raise ResultFileError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -297,3 +297,10 @@ def test_the_serving_page_renderer_refuses_a_bad_serving_result(tmp_path):
                           capture_output=True, text=True)
     assert one_line_error(proc) == f"error: {bad}: metrics.tpot_s.median is Infinity (a result's numbers must be finite)\n"
     assert not (tmp_path / "card-serving.md").exists()
+
+
+def test_a_key_written_twice_in_a_result_is_refused(tmp_path, capsys):
+    f = write(tmp_path, real())
+    f.write_text(f.read_text().replace('"status": "ok",', '"status": "ok", "status": "oom",', 1))
+    err = one_line_error(validate(capsys, f))
+    assert err == f"error: {f}: duplicate key 'status'\n"
