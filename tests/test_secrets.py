@@ -13,6 +13,7 @@ one-line error naming the server, and after a whole Snakemake run no file of the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
 import os
@@ -97,8 +98,11 @@ def test_redaction_hides_both_flag_forms_and_every_known_secret():
 
 def _printing_stub(*extra: str) -> list[str]:
     """The stub server (tests/servers/stub_server.py, echo mode), behind a line that prints its whole
-    command line first, as vLLM prints its arguments: a server's log may hold its key."""
-    code = ("import runpy, sys; print('server args:', sys.argv[1:], flush=True); "
+    command line first, as vLLM prints its arguments: a server's log may hold its key. It also prints the
+    sha256 of the value after --api-key: what the server was given, without the key itself."""
+    code = ("import hashlib, runpy, sys; print('server args:', sys.argv[1:], flush=True); "
+            "'--api-key' in sys.argv and print('key sha256:', "
+            "hashlib.sha256(sys.argv[sys.argv.index('--api-key') + 1].encode()).hexdigest(), flush=True); "
             f"sys.argv = [{str(STUB)!r}, sys.argv[sys.argv.index('--port') + 1], 'echo']; "
             f"runpy.run_path({str(STUB)!r}, run_name='__main__')")
     return [sys.executable, "-c", code, "--port", "{port}", *extra]
@@ -128,7 +132,8 @@ def test_the_key_reaches_the_server_but_no_result_log_or_message(tmp_path):
     assert r["server"]["argv"][-3:] == ["--api-key", "***", "--token=***"]
     assert "starting server:" in proc.stderr and "--api-key '***'" in proc.stderr
     log = (out / "server.log").read_text()
-    assert "server args:" in log and "'--api-key', '***'" in log          # the server got it; its log shows ***
+    assert "server args:" in log and "'--api-key', '***'" in log          # its log shows ***
+    assert f"key sha256: {hashlib.sha256(KEY.encode()).hexdigest()}" in log   # and the server got the key
     assert KEY not in proc.stdout + proc.stderr and _files_holding(tmp_path, KEY) == []
 
 
@@ -272,8 +277,8 @@ def test_a_real_server_with_a_key_answers_and_no_file_holds_the_key(vllm_with_ke
     assert r["server"]["api_key"] == "from env IOL_VLLM_KEY"
     started = load_result(served / "started" / "tok16" / "c2.json")
     assert started["status"] == "ok" and started["server"]["argv"][-2:] == ["--api-key", "***"]
-    assert "'--api-key', '***'" in (tmp_path / "results" / "logs" / "serving" / "smollm2-135m" / "started" / "tok16"
-                                    / "c2.server.log").read_text()
+    log = (tmp_path / "results" / "logs" / "serving" / "smollm2-135m" / "started" / "tok16" / "c2.server.log").read_text()
+    assert "'--api-key', '***'" in log and f"key sha256: {hashlib.sha256(KEY.encode()).hexdigest()}" in log
     assert any((tmp_path / ".snakemake" / "metadata").iterdir())
     assert _files_holding(tmp_path, KEY) == []
     assert KEY not in proc.stdout + proc.stderr
