@@ -271,3 +271,56 @@ def test_kill_9_of_snakemake_mid_static_cell_then_the_documented_recovery(tmp_pa
         assert result["stopping"]["timed_s"] >= MEASURE_S
     assert not list((wd / "results").rglob(".*.iol-lock"))
     assert not _alive(job_pid)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_kill_9_of_snakemake_mid_serving_cell_stops_the_job_and_its_server(tmp_path, smollm2_gguf):
+    """The job started a real `transformers serve` in its own process group: after kill -9 of Snakemake
+    alone, the job and every process of the server's group are gone within seconds, nothing is published,
+    and the documented recovery measures the load point once."""
+    pytest.importorskip("fastapi", reason="the serving extra: pip install -e '.[serving]'")
+    config = workflow_config("serving")
+    config["serving"]["matrix"][0]["loads"] = ["c1"]
+    config["serving"]["min_duration_s"] = 45   # outlasts the 30 s the job and its server get to stop
+    wd = _workdir(tmp_path, config, smollm2_gguf)
+    target = "results/serving/smollm2-135m/transformers/tok16/c1.json"
+
+    out = open(wd / "snakemake.out", "w")
+    proc = subprocess.Popen(_snakemake_argv(wd, target), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    log = wd / "results/logs/serving/smollm2-135m/transformers/tok16/c1.log"
+    try:
+        _wait(lambda: proc.poll() is not None or "warm-up: " in _read(log), 900, "the load point never started")
+        assert proc.poll() is None, _read(wd / "snakemake.out")[-3000:]
+        job_pid = int((wd / "results/serving/smollm2-135m/transformers/tok16/.c1.json.iol-lock").read_text().split()[1])
+        children = Path(f"/proc/{job_pid}/task/{job_pid}/children").read_text().split()
+        servers = [int(c) for c in children if "transformers" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(servers) == 1 and _group(servers[0]), children
+        os.kill(proc.pid, signal.SIGKILL)                  # Snakemake alone
+        proc.wait()
+        _wait(lambda: not _alive(job_pid) and not _group(servers[0]), 30,
+              f"job {job_pid} or its server's group {_group(servers[0])} still runs after Snakemake was killed")
+    finally:
+        _descendants_gone(proc)
+    text = _read(log)
+    assert "ended, so nothing waits for this job's result: stopping it (SIGTERM)" in text
+    assert "stopped by SIGTERM" in text and "Traceback" not in text
+    assert not (wd / target).exists()
+
+    _recover(wd, target)
+    result = json.loads((wd / target).read_text())
+    assert result["status"] == "ok"
+    loads = re.findall(r"load c1: (\d+) requests in", _read(log))
+    assert loads == [str(len(result["requests"]))]      # one measurement, the one published
+    assert not list((wd / "results").rglob(".*.iol-lock"))
