@@ -177,7 +177,7 @@ def test_interrupted_run_leaves_no_partial_result_and_resumes(tmp_path, smollm2_
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
     assert not second.exists()                       # nothing that satisfies the target
-    assert not list(second.parent.glob(".bs2.json*"))  # no temporary left either (written atomically)
+    assert not list(second.parent.glob(".bs2.json.iol-tmp.*"))  # no temporary left either (written atomically)
     assert first.stat().st_mtime_ns == before         # what was measured stays intact
     if sig == signal.SIGKILL:                         # a killed Snakemake leaves its lock behind
         assert snakemake(wd, "--unlock").returncode == 0
