@@ -13,7 +13,8 @@
      the first token copied to the host
    - prefill alone: inputs already on the device and synced, then the prefill and the first token to the host
      (what a check timed from outside the pipeline's clock reads)
-   The pipeline's TPOT gives TTFT in decode steps.
+   The pipeline's TPOT gives TTFT in decode steps. And a probe: two timing events around host work alone
+   (a 1 ms wait, the prompt's copy to the device, one kernel) against the host's clock over the same span.
 2. fp32 on CUDA: compiled (eager prefill, torch's kernels; and eager prefill at its default kernels) against
    baseline, both fp32, 16 new tokens of 4 prompts, on the tiny shapes and the 1B shapes: it runs, and the
    tokens agree.
@@ -145,15 +146,48 @@ def fp32(model_dir: Path) -> dict:
     return out
 
 
+def event_probe(rounds: int = 20) -> dict:
+    """A pair of timing events around host work alone, on an idle GPU, against the host's clock over the
+    same span: whether an event interval that starts on an idle device reads the host's time."""
+    out = {}
+    for name, work in (("host wait 1 ms", lambda: _spin(1e-3)),
+                       ("prompt to the device", lambda: torch.tensor(list(range(64))).to("cuda")),
+                       ("one kernel", lambda: torch.ones(64, device="cuda").sum())):
+        rows = []
+        for _ in range(rounds):
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t = time.perf_counter()
+            start.record()
+            work()
+            end.record()
+            end.synchronize()
+            rows.append((time.perf_counter() - t, start.elapsed_time(end) / 1e3))
+        out[name] = {"host_ms": statistics.median(r[0] for r in rows) * 1e3,
+                     "events_ms": statistics.median(r[1] for r in rows) * 1e3}
+    return out
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True, help="the 1B shapes (synthetic:llama-3.2-1b)")
     ap.add_argument("--tiny-dir", required=True, help="the tiny shapes (synthetic:llama-tiny)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--probe-only", action="store_true", help="only the event probe")
     a = ap.parse_args()
     res = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    res["event_probe"] = event_probe()
+    print(json.dumps(res["event_probe"]), flush=True)
+    if a.probe_only:
+        return Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     res["fp32"] = {m.name: fp32(m) for m in (Path(a.tiny_dir), Path(a.model_dir))}
     print(json.dumps({m: {k: (v["error"], v["agrees_with_baseline"]) for k, v in r.items()}
                       for m, r in res["fp32"].items()}), flush=True)
