@@ -78,7 +78,7 @@ def _start_job(tmp: Path, *launchers: str) -> tuple[subprocess.Popen, int]:
     return proc, int((tmp / "job.pid").read_text())
 
 
-def _descendants_gone(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)   # whatever a failed test left
     except ProcessLookupError:
@@ -92,7 +92,7 @@ def test_a_job_stops_cleanly_when_its_snakemake_is_killed(tmp_path):
     proc, job_pid = _start_job(tmp_path, sys.executable, str(snakemake))
     try:
         log = _read(tmp_path / "job.log")
-        assert f"watchdog: this job stops if a process of the workflow that started it ends: {proc.pid} (snakemake)" in log
+        assert f"this job stops if a process of the workflow that started it ends: {proc.pid} (snakemake)" in log
         os.kill(proc.pid, signal.SIGKILL)                    # Snakemake alone, not its group
         _wait(lambda: not _alive(job_pid), 10, "the job still runs after its Snakemake was killed")
         log = _read(tmp_path / "job.log")
@@ -101,7 +101,7 @@ def test_a_job_stops_cleanly_when_its_snakemake_is_killed(tmp_path):
         assert not (tmp_path / "out" / "result.json").exists()
         assert not list((tmp_path / "out").iterdir())         # its lock removed too
     finally:
-        _descendants_gone(proc)
+        _kill_group(proc)
         proc.wait()
 
 
@@ -123,16 +123,17 @@ def test_nothing_above_the_top_most_snakemake_is_watched(tmp_path):
         _wait(lambda: not _alive(job_pid), 10, "the job still runs after its Snakemake was killed")
         assert "stopped by SIGTERM" in _read(tmp_path / "job.log")
     finally:
-        _descendants_gone(proc)
+        _kill_group(proc)
         proc.wait()
 
 
 def test_a_job_without_snakemake_above_it_watches_nothing(tmp_path):
     proc, job_pid = _start_job(tmp_path, sys.executable, "-c", PARENT)
     try:
-        assert "watchdog: no Snakemake process among this job's ancestors: nothing watched" in _read(tmp_path / "job.log")
+        log = _read(tmp_path / "job.log")
+        assert "watchdog: no Snakemake process among this job's ancestors: nothing watched" in log
     finally:
-        _descendants_gone(proc)
+        _kill_group(proc)
         proc.wait()
 
 
@@ -140,7 +141,8 @@ def test_snakemake_is_told_by_its_command_line():
     from inference_optim_llm.watchdog import is_snakemake
 
     for argv in (["snakemake", "--cores", "1"], ["/venv/bin/snakemake"], ["python3", "-m", "snakemake", "-n"],
-                 ["/usr/bin/python3.11", "-u", "-X", "dev", "-m", "snakemake"], ["python", "/venv/bin/snakemake", "-j1"]):
+                 ["/usr/bin/python3.11", "-u", "-X", "dev", "-m", "snakemake"],
+                 ["python", "/venv/bin/snakemake", "-j1"]):
         assert is_snakemake(argv), argv
     for argv in ([], ["bash", "-c", "python -m snakemake --cores 1"], ["python", "run.py", "snakemake"],
                  ["python", "-m", "pytest", "snakemake"], ["vim", "snakemake"], ["nohup", "snakemake"]):
@@ -186,7 +188,7 @@ def test_a_second_job_for_a_locked_target_refuses_to_start(tmp_path):
         assert run.returncode == 0 and (second / "job.log").read_text().endswith("measuring\n")
         assert not lock.exists()
     finally:
-        _descendants_gone(holder)
+        _kill_group(holder)
         holder.wait()
 
 
@@ -231,12 +233,13 @@ def _kill_snakemake_mid_job(wd: Path, log_glob: str, measuring: str, *targets: s
         _wait(lambda: not _alive(job_pid), 10, f"job {job_pid} still runs after its Snakemake was killed")
         return log, job_pid
     finally:
-        _descendants_gone(proc)
+        _kill_group(proc)
 
 
 def _logged_batches(log: Path) -> list[tuple[int, int, str]]:
     """(repetition, batch, e2e seconds as logged) of every timed batch a job's log shows."""
-    return [(int(m[1]), int(m[2]), m[3]) for m in re.finditer(r"\] rep (\d+)(?:/\d+| \(more: stopping rule\)) batch (\d+)/\d+: ([0-9.]+) s", log.read_text())]
+    line = r"\] rep (\d+)(?:/\d+| \(more: stopping rule\)) batch (\d+)/\d+: ([0-9.]+) s"
+    return [(int(m[1]), int(m[2]), m[3]) for m in re.finditer(line, log.read_text())]
 
 
 # Each cell measures for 15 s however fast the machine (the stopping rule's min_measure_s): the kill lands
@@ -267,7 +270,8 @@ def test_kill_9_of_snakemake_mid_static_cell_then_the_documented_recovery(tmp_pa
         # One measurement: the published batches are those one job logged, each repetition once.
         logged = _logged_batches(wd / f"results/logs/runs/tiny/baseline/p8/{bs}.log")
         assert logged == [(b["repetition"] + 1, b["batch"] + 1, f"{b['e2e_s']:.2f}") for b in result["batches"]]
-        assert len(logged) == result["stopping"]["repetitions"] * result["settings"]["padding"]["batches_per_repetition"]
+        per_repetition = result["settings"]["padding"]["batches_per_repetition"]
+        assert len(logged) == result["stopping"]["repetitions"] * per_repetition
         assert result["stopping"]["timed_s"] >= MEASURE_S
     assert not list((wd / "results").rglob(".*.iol-lock"))
     assert not _alive(job_pid)
@@ -312,7 +316,7 @@ def test_kill_9_of_snakemake_mid_serving_cell_stops_the_job_and_its_server(tmp_p
         _wait(lambda: not _alive(job_pid) and not _group(servers[0]), 30,
               f"job {job_pid} or its server's group {_group(servers[0])} still runs after Snakemake was killed")
     finally:
-        _descendants_gone(proc)
+        _kill_group(proc)
     text = _read(log)
     assert "ended, so nothing waits for this job's result: stopping it (SIGTERM)" in text
     assert "stopped by SIGTERM" in text and "Traceback" not in text
