@@ -112,6 +112,9 @@ def watch(processes: list[Process] | None = None, poll_s: float = POLL_S) -> thr
           file=sys.stderr, flush=True)
 
     def loop():
+        # Signals for the job go to its other threads: one that blocks them meanwhile (servers.Server.stop
+        # holds them back until its server is gone) gets them once it unblocks, never through this thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         while True:
             time.sleep(poll_s)
             gone = [p for p in processes if not alive(p)]
