@@ -12,9 +12,6 @@ import sys
 from pathlib import Path
 
 from inference_optim_llm import bounds, stages
-from inference_optim_llm.interference import InterferenceError
-from inference_optim_llm.scenarios.serving import RequestFailed
-from inference_optim_llm.servers import ServerStartError
 
 DEFAULT_SOURCE = "embedded:smollm2-135m-instruct"
 
@@ -263,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     stages.install_signal_handlers()
     try:
         return args.fn(args)
-    except (ValueError, OSError, ServerStartError, RequestFailed, InterferenceError) as e:  # bad input, an unwritable place, a
-        # server that did not start (its log's tail follows), a failed request: the message, no traceback
+    except stages.FAILURES as e:
         return _fail(str(e))
     except stages.Terminated as e:
         print(f"stopped by {e}: temporary files removed, nothing half-written left", file=sys.stderr)

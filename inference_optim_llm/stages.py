@@ -10,8 +10,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inference_optim_llm import watchdog
+from inference_optim_llm.interference import InterferenceError
 from inference_optim_llm.io import INTERRUPTED, Interrupted, check_writable, write_json
+from inference_optim_llm.metrics import TokenCountError
+from inference_optim_llm.scenarios.serving import RequestFailed
+from inference_optim_llm.servers import ServerStartError
 from inference_optim_llm.targetlock import TargetBusy, target_lock
+
+# Failures whose message says all (bad input, an unwritable place, a server that did not start with its
+# log's tail, a failed request, a token count other than asked, an interfered cell, a target another job
+# makes): the CLI and the workflow's jobs print the message alone, no traceback.
+FAILURES = (ValueError, OSError, ServerStartError, RequestFailed, InterferenceError, TokenCountError, TargetBusy)
 
 
 # SIGTERM (what SLURM and Snakemake send), SIGHUP and SIGINT raise Terminated, so every
@@ -112,7 +121,7 @@ def job(snakemake):
         with target_lock(snakemake.output[0]):
             watchdog.watch()
             yield
-    except (ValueError, OSError, TargetBusy) as e:
+    except FAILURES as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Terminated as e:
